@@ -40,6 +40,7 @@ import errno as _errno
 import os
 import resource
 import threading
+import types
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
@@ -56,7 +57,7 @@ if lib.aiou_version() != ffi.NULL and ffi.string(lib.aiou_version()).decode() !=
     )
 
 __all__ = [
-    "Ring", "BufferRing", "RingInfo", "RingStatistics", "check", "BACKINGS",
+    "Ring", "BufferRing", "uapi", "RingInfo", "RingStatistics", "check", "BACKINGS",
     "default_sq_entries", "default_cq_entries", "huge_page_status",
 ]
 
@@ -121,6 +122,10 @@ OPCODE_NAMES = {
     for name in dir(lib)
     if name.startswith("IORING_OP_") and name != "IORING_OP_LAST_KNOWN"
 }
+
+# The kernel's (and libc's) constants, as compiled into the C layer, for the
+# modules above: they never hard-code an IORING_* number.
+uapi = types.SimpleNamespace(**{name: getattr(lib, name) for name in dir(lib) if name.isupper()})
 
 _strerror = os.strerror
 
@@ -464,6 +469,14 @@ class Ring:
         if rc:
             self._sq_full(rc)
             check(lib.aiou_prep_u64(self._r, lib.IORING_OP_ASYNC_CANCEL, fd, 0, 0, 0, flags, user_data, 0))
+
+    def prep_cancel_everything(self, user_data: int) -> None:
+        """Cancel every operation in flight on this ring (used when closing)."""
+        flags = lib.IORING_ASYNC_CANCEL_ANY | lib.IORING_ASYNC_CANCEL_ALL
+        rc = lib.aiou_prep_u64(self._r, lib.IORING_OP_ASYNC_CANCEL, -1, 0, 0, 0, flags, user_data, 0)
+        if rc:
+            self._sq_full(rc)
+            check(lib.aiou_prep_u64(self._r, lib.IORING_OP_ASYNC_CANCEL, -1, 0, 0, 0, flags, user_data, 0))
 
     def prep_poll_remove(self, target_user_data: int, user_data: int) -> None:
         rc = lib.aiou_prep_u64(self._r, lib.IORING_OP_POLL_REMOVE, -1, target_user_data, 0, 0, 0, user_data, 0)

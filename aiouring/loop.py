@@ -1,0 +1,336 @@
+"""The event loop: asyncio's contract on one io_uring.
+
+How it fits together
+--------------------
+``Loop`` is asyncio's Unix selector loop with two things replaced:
+
+* its selector is a :class:`~aiouring._selector.RingSelector`, so every
+  ``io_uring_enter`` of an iteration (the loop's only blocking call) submits the
+  queued SQEs, waits for a completion or the next timer, and dispatches the CQE
+  batch. Readers, writers, the self-pipe (``call_soon_threadsafe`` and signal
+  wake-ups), pipes and child watchers keep working unchanged on top of it,
+  woken by ring polls;
+* the hot operations run natively on the ring instead of "wait for readiness,
+  then make the syscall": ``sock_recv``, ``sock_recv_into``, ``sock_sendall``,
+  ``sock_accept`` (and, in their own modules, socket transports and files).
+
+Cancellation of a native operation
+----------------------------------
+Cancelling the awaiting task sends ``IORING_OP_ASYNC_CANCEL`` and nothing
+else; the op record stays in the table until the kernel answers. A receive
+that had already taken bytes off the socket delivers them late: they are kept
+(per socket) and returned by the next ``sock_recv``/``sock_recv_into``, which
+first waits for any such late answer so that bytes never change order. A
+cancelled accept that still produced a connection closes that fd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+import os
+import socket
+import weakref
+from asyncio import base_events
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ._ops import FutureOp, OpTable
+from ._selector import RingSelector
+from .ring import Ring, RingInfo, RingStatistics, error_from_result, uapi
+from . import _sockaddr
+
+__all__ = ["Loop", "LoopStatistics"]
+
+_OP_RECV = uapi.IORING_OP_RECV
+_OP_SEND = uapi.IORING_OP_SEND
+_OP_ACCEPT = uapi.IORING_OP_ACCEPT
+_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+_ACCEPT_FLAGS = socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+_CancelledError = asyncio.CancelledError
+_check_ssl_socket = base_events._check_ssl_socket
+
+
+@dataclass(frozen=True)
+class LoopStatistics:
+    ops_in_flight: int
+    fds_polled: int
+    ring: RingStatistics
+
+
+class _RecvOp:
+    """A native receive into our own buffer. ``into`` is the caller's buffer
+    for sock_recv_into; the kernel never writes into caller memory, so a late
+    completion after cancellation cannot clobber it."""
+
+    __slots__ = ("fut", "buf", "sock", "loop", "into")
+
+    def __init__(self, fut, buf, sock, loop, into=None) -> None:
+        self.fut = fut
+        self.buf = buf
+        self.sock = sock
+        self.loop = loop
+        self.into = into
+
+    def __call__(self, res: int, flags: int) -> None:
+        fut = self.fut
+        if fut.done():
+            self.loop._late_read(self.sock, self.buf, res)
+        elif res < 0:
+            fut.set_exception(error_from_result(res))
+        elif self.into is None:
+            fut.set_result(Ring.unpack(self.buf, res))
+        else:
+            self.into[:res] = Ring.cbuffer(self.buf, res)
+            fut.set_result(res)
+
+    def abandon(self) -> None:
+        if not self.fut.done():
+            self.fut.cancel()
+
+
+class _AcceptOp:
+    __slots__ = ("fut", "sock", "addr", "addrlen")
+
+    def __init__(self, fut, sock, addr, addrlen) -> None:
+        self.fut = fut
+        self.sock = sock
+        self.addr = addr
+        self.addrlen = addrlen
+
+    def __call__(self, res: int, flags: int) -> None:
+        fut = self.fut
+        if fut.done():
+            if res >= 0:
+                os.close(res)   # nobody will receive this connection
+            return
+        if res < 0:
+            fut.set_exception(error_from_result(res))
+            return
+        sock = self.sock
+        try:
+            conn = socket.socket(sock.family, sock.type, sock.proto, fileno=res)
+        except BaseException as exc:
+            os.close(res)
+            fut.set_exception(exc)
+            return
+        conn.setblocking(False)
+        raw = Ring.unpack(Ring.cast("char *", self.addr), self.addrlen[0])
+        try:
+            address = _sockaddr.decode(sock.family, raw)
+        except (OSError, ValueError):
+            try:
+                address = conn.getpeername()
+            except OSError:
+                address = None
+        fut.set_result((conn, address))
+
+    def abandon(self) -> None:
+        if not self.fut.done():
+            self.fut.cancel()
+
+
+class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+    """An asyncio event loop whose I/O runs on io_uring.
+
+    Ring options: ``sq_entries``, ``cq_entries`` (rounded up to powers of two),
+    ``backing`` (force one of ``hugetlb``, ``thp``, ``pages``, ``kernel``) and
+    ``huge_pages=False`` (skip the huge page attempts).
+    """
+
+    def __init__(self, *, sq_entries: Optional[int] = None, cq_entries: Optional[int] = None,
+                 backing: Optional[str] = None, huge_pages: bool = True) -> None:
+        ring_kwargs: dict = {"backing": backing, "huge_pages": huge_pages}
+        if sq_entries is not None:
+            ring_kwargs["sq_entries"] = sq_entries
+        if cq_entries is not None:
+            ring_kwargs["cq_entries"] = cq_entries
+        ring = Ring(**ring_kwargs)
+        ops = OpTable(ring)
+        selector = RingSelector(ring, ops)
+        self._ring = ring
+        self._ops = ops
+        self._prep = ring.prep
+        self._prep2 = ring.prep2
+        self._register_op = ops.register
+        # Bytes a cancelled receive took off a socket, for the next receive.
+        self._read_stash: "weakref.WeakKeyDictionary[socket.socket, bytes]" = weakref.WeakKeyDictionary()
+        # Sockets with a cancelled receive still in flight -> future set when it lands.
+        self._late_reads: "weakref.WeakKeyDictionary[socket.socket, asyncio.Future]" = weakref.WeakKeyDictionary()
+        super().__init__(selector)
+        selector.on_handler_error = self._on_handler_error
+
+    # ---- introspection ----------------------------------------------------
+
+    def ring_info(self) -> RingInfo:
+        """Backing, sizes, setup flags and features of this loop's ring."""
+        return self._ring.info()
+
+    def statistics(self) -> LoopStatistics:
+        return LoopStatistics(
+            ops_in_flight=len(self._ops),
+            fds_polled=len(self._selector._arms) if self._selector is not None else 0,
+            ring=self._ring.statistics(),
+        )
+
+    def __repr__(self) -> str:
+        return (f"<{self.__class__.__name__} running={self.is_running()} "
+                f"closed={self.is_closed()} debug={self.get_debug()} in_flight={len(self._ops)}>")
+
+    def _on_handler_error(self, exc: BaseException, handler: Any) -> None:
+        self.call_exception_handler({
+            "message": "aiouring: unexpected error while completing an I/O operation",
+            "exception": exc,
+            "handler": handler,
+        })
+
+    # ---- lifecycle --------------------------------------------------------
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        # Let the kernel answer for every operation while futures can still be
+        # resolved; BaseEventLoop.close() below forbids scheduling callbacks.
+        selector = self._selector
+        if selector is not None and not self._ring.closed:
+            try:
+                selector.drain()
+            except RuntimeError as exc:
+                base_events.logger.warning("aiouring: could not drain the ring on close: %s", exc)
+        super().close()
+
+    def _check_not_forked(self) -> None:
+        if self._ring._forked:
+            raise RuntimeError(
+                "this aiouring event loop was created in the parent process; "
+                "a forked child must create its own event loop")
+
+    def run_forever(self) -> None:
+        self._check_not_forked()
+        super().run_forever()
+
+    # ---- native socket operations ----------------------------------------
+
+    def _late_read(self, sock, buf, res: int) -> None:
+        if res > 0:
+            data = Ring.unpack(buf, res)
+            self._read_stash[sock] = self._read_stash.get(sock, b"") + data
+        settled = self._late_reads.pop(sock, None)
+        if settled is not None and not settled.done():
+            settled.set_result(None)
+
+    def _abandon_read(self, ud: int, sock) -> None:
+        self._ops.cancel(ud)
+        if sock not in self._late_reads:
+            self._late_reads[sock] = self.create_future()
+
+    async def _wait_late_read(self, sock) -> None:
+        settled = self._late_reads.get(sock)
+        if settled is not None:
+            await asyncio.shield(settled)
+
+    def _take_stash(self, sock, n: int) -> Optional[bytes]:
+        data = self._read_stash.pop(sock, None)
+        if data is None:
+            return None
+        if len(data) > n:
+            self._read_stash[sock] = data[n:]
+            data = data[:n]
+        return data
+
+    def _check_sock(self, sock) -> None:
+        _check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+
+    async def sock_recv(self, sock, n):
+        """Receive up to ``n`` bytes from ``sock`` (a non-blocking socket)."""
+        self._check_sock(sock)
+        if n.__class__ is not int:
+            n = operator.index(n)
+        if n < 0:
+            raise ValueError("negative buffersize in recv")
+        if self._late_reads:
+            await self._wait_late_read(sock)
+        if self._read_stash:
+            data = self._take_stash(sock, n)
+            if data is not None:
+                return data
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        fut = self.create_future()
+        buf = Ring.alloc("char[]", n or 1)
+        ud = self._register_op(_RecvOp(fut, buf, sock, self))
+        self._prep(_OP_RECV, fd, buf, n, 0, 0, ud)
+        try:
+            return await fut
+        except _CancelledError:
+            self._abandon_read(ud, sock)
+            raise
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into the writable buffer ``buf``; return the byte count."""
+        self._check_sock(sock)
+        view = memoryview(buf).cast("B")
+        if view.readonly:
+            raise TypeError(f"recv_into() argument 'buffer' must be read-write bytes-like object, not {type(buf).__name__}")
+        n = view.nbytes
+        if self._late_reads:
+            await self._wait_late_read(sock)
+        if self._read_stash:
+            data = self._take_stash(sock, n)
+            if data is not None:
+                view[:len(data)] = data
+                return len(data)
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        fut = self.create_future()
+        tmp = Ring.alloc("char[]", n or 1)
+        ud = self._register_op(_RecvOp(fut, tmp, sock, self, view))
+        self._prep(_OP_RECV, fd, tmp, n, 0, 0, ud)
+        try:
+            return await fut
+        except _CancelledError:
+            self._abandon_read(ud, sock)
+            raise
+
+    async def sock_sendall(self, sock, data):
+        """Send all of ``data``; partial sends continue where they stopped."""
+        self._check_sock(sock)
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'") from None
+        total = view.nbytes
+        if total == 0:
+            return
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        ptr = Ring.pointer(view)
+        sent = 0
+        while sent < total:
+            fut = self.create_future()
+            ud = self._register_op(FutureOp(fut, ptr))
+            self._prep(_OP_SEND, fd, ptr + sent, total - sent, 0, _MSG_NOSIGNAL, ud)
+            try:
+                sent += await fut
+            except _CancelledError:
+                self._ops.cancel(ud)
+                raise
+
+    async def sock_accept(self, sock):
+        """Accept a connection: ``(conn, address)``, ``conn`` non-blocking."""
+        self._check_sock(sock)
+        fd = sock.fileno()
+        fut = self.create_future()
+        addr = Ring.alloc("struct sockaddr_storage *")
+        addrlen = Ring.alloc("socklen_t *", Ring.sizeof("struct sockaddr_storage"))
+        ud = self._register_op(_AcceptOp(fut, sock, addr, addrlen))
+        self._prep2(_OP_ACCEPT, fd, addr, 0, addrlen, _ACCEPT_FLAGS, ud)
+        try:
+            return await fut
+        except _CancelledError:
+            self._ops.cancel(ud)
+            raise

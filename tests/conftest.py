@@ -1,0 +1,69 @@
+"""Shared pytest configuration for aiouring's tests.
+
+Kept deliberately small: only helpers that more than one test module needs and
+that touch machine-wide state, so that the restoring is written once.
+"""
+
+import os
+
+import pytest
+
+_MEMINFO = "/proc/meminfo"
+_POOL_2MB = "/sys/kernel/mm/hugepages/hugepages-2048kB/"
+
+
+def _default_huge_page_kb():
+    try:
+        with open(_MEMINFO) as f:
+            for line in f:
+                if line.startswith("Hugepagesize:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read_int(path):
+    with open(path) as f:
+        return int(f.read().split()[0])
+
+
+def _write_int(path, value):
+    with open(path, "w") as f:
+        f.write(f"{value}\n")
+
+
+@pytest.fixture
+def reserved_huge_pages():
+    """Make sure at least 8 free 2 MiB hugetlb pages exist, restoring the pool
+    size afterwards.
+
+    The pool is machine-wide and other processes may be using it, so we grow
+    it by what we need rather than setting an absolute number, and put back
+    exactly the old value even if the test fails. /proc/sys/vm/nr_hugepages
+    only sizes the *default* huge page pool, which can be 1 GiB; aiouring
+    asks for 2 MiB pages explicitly, so we size that pool through sysfs when
+    the default differs.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("reserving huge pages needs root")
+    if not os.path.exists(_POOL_2MB + "nr_hugepages"):
+        pytest.skip("this kernel has no 2 MiB hugetlb pool")
+    if _default_huge_page_kb() == 2048:
+        knob = "/proc/sys/vm/nr_hugepages"
+    else:
+        knob = _POOL_2MB + "nr_hugepages"
+    want_free = 8
+    previous = _read_int(knob)
+    try:
+        free = _read_int(_POOL_2MB + "free_hugepages")
+        if free < want_free:
+            _write_int(knob, previous + want_free - free)
+        free = _read_int(_POOL_2MB + "free_hugepages")
+        if free < want_free:
+            # The kernel grants what it can find contiguous; a fragmented
+            # machine may give fewer. That is the machine, not aiouring.
+            pytest.skip(f"the kernel could only reserve {free} free 2 MiB huge pages")
+        yield free
+    finally:
+        _write_int(knob, previous)
