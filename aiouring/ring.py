@@ -128,6 +128,7 @@ OPCODE_NAMES = {
 uapi = types.SimpleNamespace(**{name: getattr(lib, name) for name in dir(lib) if name.isupper()})
 
 _strerror = os.strerror
+_U64_MASK = (1 << 64) - 1
 
 
 def check(res: int) -> int:
@@ -262,6 +263,13 @@ def _disown_rings_after_fork() -> None:
 os.register_at_fork(after_in_child=_disown_rings_after_fork)
 
 
+def _check_entries(name: str, value, limit: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 1 <= value <= limit:
+        raise ValueError(f"{name} must be between 1 and {limit}, got {value}")
+
+
 class Ring:
     """One io_uring instance.
 
@@ -278,13 +286,13 @@ class Ring:
         backing: Optional[str] = None,
         huge_pages: bool = True,
     ) -> None:
+        _check_entries("sq_entries", sq_entries, _KERNEL_MAX_SQ)
         if cq_entries is None:
-            cq_entries = max(default_cq_entries, 2 * sq_entries) if sq_entries == default_sq_entries else 4 * sq_entries
-        for name, value, limit in (("sq_entries", sq_entries, _KERNEL_MAX_SQ), ("cq_entries", cq_entries, _KERNEL_MAX_CQ)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-            if not 1 <= value <= limit:
-                raise ValueError(f"{name} must be between 1 and {limit}, got {value}")
+            # 4x the SQ, but never past the kernel's CQ limit: SQ 32768 (its
+            # own maximum) would otherwise ask for an impossible CQ of 131072.
+            cq_entries = (max(default_cq_entries, 2 * sq_entries) if sq_entries == default_sq_entries
+                          else min(4 * sq_entries, _KERNEL_MAX_CQ))
+        _check_entries("cq_entries", cq_entries, _KERNEL_MAX_CQ)
         if cq_entries < sq_entries:
             raise ValueError(f"cq_entries ({cq_entries}) must be at least sq_entries ({sq_entries})")
         if backing is not None and backing not in _BACKING_CODE:
@@ -425,8 +433,8 @@ class Ring:
                 f"this kernel's io_uring does not support IORING_OP_{OPCODE_NAMES.get(opcode, opcode)}")
 
     def __repr__(self) -> str:
-        if self._closed:
-            return f"<Ring closed{' (forked)' if self._forked else ''}>"
+        if getattr(self, "_closed", True):   # also a Ring whose __init__ raised
+            return f"<Ring closed{' (forked)' if getattr(self, '_forked', False) else ''}>"
         r = self._r
         return (f"<Ring fd={r.fd} backing={self._backing} sq={r.sq_entries} cq={r.cq_entries} "
                 f"pending={lib.aiou_sq_pending(r)}>")
@@ -437,7 +445,9 @@ class Ring:
              sqe_flags: int = 0, buf_index: int = 0, ioprio: int = 0, file_index: int = 0) -> None:
         """Queue one SQE. ``addr`` is a cdata pointer (see :meth:`pointer`) or
         ``ffi.NULL``. The caller keeps whatever ``addr`` points to alive until
-        the operation's final CQE. A full SQ is flushed to the kernel first."""
+        the operation's final CQE. A full SQ is flushed to the kernel first.
+        ``user_data`` is a signed 64-bit int, the range reaping hands back
+        (OverflowError outside it)."""
         rc = lib.aiou_prep(self._r, opcode, fd, addr, length, off, op_flags, user_data, sqe_flags,
                            buf_index, ioprio, file_index)
         if rc:
@@ -455,6 +465,9 @@ class Ring:
 
     def prep_cancel(self, target_user_data: int, user_data: int, cancel_flags: int = 0) -> None:
         """Ask the kernel to cancel the operation with ``target_user_data``."""
+        # user_data is a signed 64-bit value (what reaping returns); the
+        # kernel matches the raw 64 bits, which the C side takes unsigned.
+        target_user_data &= _U64_MASK
         rc = lib.aiou_prep_u64(self._r, lib.IORING_OP_ASYNC_CANCEL, -1, target_user_data, 0, 0,
                                cancel_flags, user_data, 0)
         if rc:
@@ -479,6 +492,7 @@ class Ring:
             check(lib.aiou_prep_u64(self._r, lib.IORING_OP_ASYNC_CANCEL, -1, 0, 0, 0, flags, user_data, 0))
 
     def prep_poll_remove(self, target_user_data: int, user_data: int) -> None:
+        target_user_data &= _U64_MASK
         rc = lib.aiou_prep_u64(self._r, lib.IORING_OP_POLL_REMOVE, -1, target_user_data, 0, 0, 0, user_data, 0)
         if rc:
             self._sq_full(rc)
@@ -494,6 +508,9 @@ class Ring:
 
     def _sq_full(self, rc: int) -> None:
         if rc == -_errno.EBUSY:
+            # Counted here, not in C: only this path is a flush forced by a
+            # full SQ; a caller's own submit() is not.
+            self._r.sq_full_flushes += 1
             self.submit()   # make room: hand what is queued to the kernel
             return
         self._ensure_usable()

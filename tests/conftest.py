@@ -56,9 +56,15 @@ def reserved_huge_pages():
     want_free = 8
     previous = _read_int(knob)
     try:
-        free = _read_int(_POOL_2MB + "free_hugepages")
-        if free < want_free:
-            _write_int(knob, previous + want_free - free)
+        # Pages of a ring closed a moment ago may still be held: io_uring
+        # unpins its memory from a kernel worker after close() returns, and
+        # such a page can be folded back into the pool we grow. So grow
+        # until enough are free, a few times at most.
+        for _ in range(3):
+            free = _read_int(_POOL_2MB + "free_hugepages")
+            if free >= want_free:
+                break
+            _write_int(knob, _read_int(knob) + want_free - free)
         free = _read_int(_POOL_2MB + "free_hugepages")
         if free < want_free:
             # The kernel grants what it can find contiguous; a fragmented

@@ -175,14 +175,14 @@ size_t aiou_ring_layout_size(unsigned sq_entries, unsigned cq_entries, unsigned 
 int aiou_enable(struct aiou_ring *r, int register_ring_fd);
 
 int aiou_prep(struct aiou_ring *r, uint8_t opcode, int32_t fd, void *addr, uint32_t len,
-              uint64_t off, uint32_t op_flags, uint64_t user_data, uint8_t sqe_flags,
+              uint64_t off, uint32_t op_flags, int64_t user_data, uint8_t sqe_flags,
               uint16_t buf_index, uint16_t ioprio, int32_t file_index);
 int aiou_prep2(struct aiou_ring *r, uint8_t opcode, int32_t fd, void *addr, uint32_t len,
-               void *addr2, uint32_t op_flags, uint64_t user_data, uint8_t sqe_flags,
+               void *addr2, uint32_t op_flags, int64_t user_data, uint8_t sqe_flags,
                int32_t file_index);
 int aiou_prep_u64(struct aiou_ring *r, uint8_t opcode, int32_t fd, uint64_t addr, uint32_t len,
-                  uint64_t off, uint32_t op_flags, uint64_t user_data, uint8_t sqe_flags);
-int aiou_prep_timeout(struct aiou_ring *r, int64_t ns, uint64_t user_data, uint32_t timeout_flags);
+                  uint64_t off, uint32_t op_flags, int64_t user_data, uint8_t sqe_flags);
+int aiou_prep_timeout(struct aiou_ring *r, int64_t ns, int64_t user_data, uint32_t timeout_flags);
 unsigned aiou_sq_pending(struct aiou_ring *r);
 unsigned aiou_sq_space(struct aiou_ring *r);
 unsigned aiou_cq_ready(struct aiou_ring *r);

@@ -6,6 +6,10 @@
  * failure. Nothing here raises, touches Python objects, or leaves errno set
  * for the caller to interpret: ring.py turns -errno into OSError in one place.
  *
+ * user_data is taken as int64_t, the type it comes back as in the reaped
+ * int64_t triples: every value Python can pass in returns unchanged (an
+ * unsigned parameter would accept 2**63.. and hand it back negative).
+ *
  * Memory model: the SQ tail and CQ head are ours, the SQ head and CQ tail are
  * the kernel's. We publish our side with release stores and read the kernel's
  * with acquire loads, as the io_uring ABI requires on weakly ordered CPUs. */
@@ -589,7 +593,7 @@ unsigned aiou_cq_ready(struct aiou_ring *r) { return r->cqes ? load_acquire(r->c
 unsigned aiou_sq_flags(struct aiou_ring *r) { return r->sqes ? load_acquire(r->sq_flags) : 0; }
 
 int aiou_prep(struct aiou_ring *r, uint8_t opcode, int32_t fd, void *addr, uint32_t len,
-              uint64_t off, uint32_t op_flags, uint64_t user_data, uint8_t sqe_flags,
+              uint64_t off, uint32_t op_flags, int64_t user_data, uint8_t sqe_flags,
               uint16_t buf_index, uint16_t ioprio, int32_t file_index)
 {
     if (!r->sqes)
@@ -605,7 +609,7 @@ int aiou_prep(struct aiou_ring *r, uint8_t opcode, int32_t fd, void *addr, uint3
     sqe->addr = (uint64_t)(uintptr_t)addr;
     sqe->len = len;
     sqe->op_flags = op_flags;
-    sqe->user_data = user_data;
+    sqe->user_data = (uint64_t)user_data;
     sqe->buf_index = buf_index;
     sqe->personality = 0;
     sqe->file_index = file_index;
@@ -615,7 +619,7 @@ int aiou_prep(struct aiou_ring *r, uint8_t opcode, int32_t fd, void *addr, uint3
 }
 
 int aiou_prep2(struct aiou_ring *r, uint8_t opcode, int32_t fd, void *addr, uint32_t len,
-               void *addr2, uint32_t op_flags, uint64_t user_data, uint8_t sqe_flags,
+               void *addr2, uint32_t op_flags, int64_t user_data, uint8_t sqe_flags,
                int32_t file_index)
 {
     return aiou_prep(r, opcode, fd, addr, len, (uint64_t)(uintptr_t)addr2, op_flags, user_data,
@@ -623,13 +627,13 @@ int aiou_prep2(struct aiou_ring *r, uint8_t opcode, int32_t fd, void *addr, uint
 }
 
 int aiou_prep_u64(struct aiou_ring *r, uint8_t opcode, int32_t fd, uint64_t addr, uint32_t len,
-                  uint64_t off, uint32_t op_flags, uint64_t user_data, uint8_t sqe_flags)
+                  uint64_t off, uint32_t op_flags, int64_t user_data, uint8_t sqe_flags)
 {
     return aiou_prep(r, opcode, fd, (void *)(uintptr_t)addr, len, off, op_flags, user_data,
                      sqe_flags, 0, 0, 0);
 }
 
-int aiou_prep_timeout(struct aiou_ring *r, int64_t ns, uint64_t user_data, uint32_t timeout_flags)
+int aiou_prep_timeout(struct aiou_ring *r, int64_t ns, int64_t user_data, uint32_t timeout_flags)
 {
     if (!r->sqes)
         return -EBADF;
@@ -648,7 +652,7 @@ int aiou_prep_timeout(struct aiou_ring *r, int64_t ns, uint64_t user_data, uint3
     sqe->addr = (uint64_t)(uintptr_t)ts;
     sqe->len = 1;
     sqe->op_flags = timeout_flags;
-    sqe->user_data = user_data;
+    sqe->user_data = (uint64_t)user_data;
     return 0;
 }
 
@@ -688,6 +692,15 @@ static int enter(struct aiou_ring *r, unsigned to_submit, unsigned wait_nr, int6
     }
     r->enters++;
     int rc = sys_enter(r->enter_fd, to_submit, wait_nr, flags, argp, argsz);
+    if ((rc == -EINVAL || rc == -EBADF) && (flags & IORING_ENTER_REGISTERED_RING)) {
+        /* A registered ring index exists only in the io_uring context of the
+         * thread that registered it; from any other thread it is EINVAL (no
+         * context) or EBADF (no such slot), which says nothing about the
+         * ring. Ask again by the real fd, so that the kernel answers for the
+         * ring itself: EEXIST when SINGLE_ISSUER forbids this thread. */
+        r->enters++;
+        rc = sys_enter(r->fd, to_submit, wait_nr, flags & ~IORING_ENTER_REGISTERED_RING, argp, argsz);
+    }
     if (rc > 0)
         r->sqes_submitted += (unsigned)rc;
     return rc;
@@ -701,7 +714,6 @@ int aiou_submit(struct aiou_ring *r)
     if (!pending)
         return 0;
     store_release(r->sq_tail, r->sqe_tail);
-    r->sq_full_flushes++;
     int rc;
     do {
         rc = enter(r, pending, 0, -1);
