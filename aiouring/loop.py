@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ._ops import FutureOp, OpTable
+from ._process import ChildProcessMixin
 from ._selector import RingSelector
 from .ring import Ring, RingInfo, RingStatistics, error_from_result, uapi
 from . import _sockaddr
@@ -130,7 +131,7 @@ class _AcceptOp:
             self.fut.cancel()
 
 
-class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+class Loop(ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """An asyncio event loop whose I/O runs on io_uring.
 
     Ring options: ``sq_entries``, ``cq_entries`` (rounded up to powers of two),

@@ -581,6 +581,14 @@ class Ring:
     def cbuffer(ptr, length: int):
         return ffi.buffer(ptr, length)
 
+    @staticmethod
+    def child_status(info) -> tuple:
+        """``(pid, si_code, si_status)`` from a ``siginfo_t`` that
+        ``IORING_OP_WAITID`` filled (its fields are unions; C reads them)."""
+        out = ffi.new("int[3]")
+        lib.aiou_siginfo_child(info, out, out + 1, out + 2)
+        return out[0], out[1], out[2]
+
     null = ffi.NULL
     cast = staticmethod(ffi.cast)
     sizeof = staticmethod(ffi.sizeof)
