@@ -139,6 +139,11 @@ class Loop(ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,v
     ``huge_pages=False`` (skip the huge page attempts).
     """
 
+    # A Loop whose ring could not be set up never reaches BaseEventLoop.__init__;
+    # this makes BaseEventLoop.__del__ see it as closed instead of failing
+    # with AttributeError on stderr every time the entry points fall back.
+    _closed = True
+
     def __init__(self, *, sq_entries: Optional[int] = None, cq_entries: Optional[int] = None,
                  backing: Optional[str] = None, huge_pages: bool = True) -> None:
         ring_kwargs: dict = {"backing": backing, "huge_pages": huge_pages}

@@ -59,10 +59,18 @@ def run(main: Coroutine[Any, Any, _T], *, debug: Optional[bool] = None,
     def factory() -> asyncio.AbstractEventLoop:
         return new_event_loop(strict=strict, **ring_options)
 
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-            return runner.run(main)
-    return _run_310(main, debug, factory)
+    try:
+        if sys.version_info >= (3, 11):
+            with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+                return runner.run(main)
+        return _run_310(main, debug, factory)
+    except UringUnavailableError:
+        # Strict mode refused before ``main`` started; close it so that the
+        # program sees our error, not also a "coroutine was never awaited".
+        close = getattr(main, "close", None)
+        if close is not None:
+            close()
+        raise
 
 
 def _run_310(main, debug, factory):

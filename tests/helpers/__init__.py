@@ -1,0 +1,1 @@
+"""Helpers for the reliability tests: processes that cannot use io_uring."""
