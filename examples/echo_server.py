@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from typing import cast
 
 from _loops import add_loop_argument, run
 
 
 class EchoProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
