@@ -1,0 +1,2 @@
+from aiouring._info import main
+raise SystemExit(main())
