@@ -1,0 +1,142 @@
+"""aiouring under the frameworks people run it with: aiohttp (in-process and
+under gunicorn with aiouring's worker), uvicorn (``--loop
+aiouring:new_event_loop``) and pytest-asyncio. Servers are real processes on
+loopback ports; every check looks at content and at which loop answered."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests._servers import BIN, EXAMPLES, PYTHON, Server, child_env
+from tests.support import loop, loop_kind, run  # noqa: F401
+
+
+def _get(url: str, data: bytes | None = None) -> dict:
+    request = urllib.request.Request(url, data=data, headers={"Connection": "close"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+# ---- aiohttp, in this process -------------------------------------------------
+
+def test_aiohttp_server_and_client(loop):
+    web = pytest.importorskip("aiohttp.web")
+    import aiohttp
+
+    async def sha256(request):
+        digest = hashlib.sha256()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            digest.update(chunk)
+        return web.json_response({"sha256": digest.hexdigest(),
+                                  "loop": type(asyncio.get_running_loop()).__module__})
+
+    async def main():
+        app = web.Application(client_max_size=1 << 26)
+        app.router.add_post("/", sha256)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        bodies = [os.urandom(n) for n in (0, 1, 70_000, 4 << 20)]
+        try:
+            async with aiohttp.ClientSession() as session:
+                async def post(body):
+                    async with session.post(f"http://127.0.0.1:{port}/", data=body) as resp:
+                        return await resp.json()
+                answers = await asyncio.gather(*(post(b) for b in bodies))
+        finally:
+            await runner.cleanup()
+        return bodies, answers
+
+    bodies, answers = run(loop, main(), timeout=60)
+    for body, answer in zip(bodies, answers):
+        assert answer["sha256"] == hashlib.sha256(body).hexdigest()
+        assert answer["loop"] == type(loop).__module__
+
+
+# ---- gunicorn with aiouring.worker.GunicornWebWorker ----------------------------
+
+def _gunicorn_extra_args() -> list:
+    # gunicorn 24+ opens a control socket at a fixed path in $HOME; tests that
+    # run concurrently would fight over it.
+    help_text = subprocess.run([str(BIN / "gunicorn"), "--help"], capture_output=True, text=True).stdout
+    return ["--no-control-socket"] if "--no-control-socket" in help_text else []
+
+
+def test_gunicorn_worker_serves_on_aiouring():
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("aiohttp")
+    cmd = [str(BIN / "gunicorn"), "--chdir", str(EXAMPLES), "aiohttp_app:app_factory",
+           "--worker-class", "aiouring.worker.GunicornWebWorker", "--workers", "2",
+           "--bind", "127.0.0.1:0", "--graceful-timeout", "5", *_gunicorn_extra_args()]
+    with Server(cmd, r"Listening at: http://127\.0\.0\.1:(\d+)") as srv:
+        srv._wait_for(re.compile(r"(?s)(Booting worker.*){2}"), 60)
+        workers = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", srv.output)}
+        assert len(workers) == 2, srv.output
+        base = f"http://127.0.0.1:{srv.port}"
+        answers = [_get(base + "/loop") for _ in range(8)]
+        assert {a["loop"] for a in answers} == {"aiouring.loop"}
+        assert {a["pid"] for a in answers} <= workers
+        body = os.urandom(3 << 20)
+        assert _get(base + "/sha256", body) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        assert srv.stop() == 0, srv.output
+    assert "Traceback" not in srv.output, srv.output
+    assert srv.output.count("Worker exiting") == 2, srv.output
+
+
+# ---- uvicorn --loop aiouring:new_event_loop ------------------------------------
+
+def test_uvicorn_http_and_websocket():
+    pytest.importorskip("uvicorn")
+    ws_client = pytest.importorskip("websockets.sync.client")
+    cmd = [str(BIN / "uvicorn"), "--app-dir", str(EXAMPLES), "asgi_app:app",
+           "--loop", "aiouring:new_event_loop", "--host", "127.0.0.1", "--port", "0"]
+    with Server(cmd, r"running on http://127\.0\.0\.1:(\d+)", stop_signal=signal.SIGINT) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        assert _get(base + "/") == {"loop": "aiouring.loop"}
+        body = os.urandom(2 << 20)
+        assert _get(base + "/", body) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        with ws_client.connect(f"ws://127.0.0.1:{srv.port}/ws", open_timeout=30) as ws:
+            for text in ("hello", "x" * 100_000):
+                ws.send(text)
+                assert ws.recv(timeout=30) == f"aiouring.loop: {text}"
+        assert srv.stop() == 0, srv.output
+    assert "Traceback" not in srv.output, srv.output
+    assert "Application shutdown complete" in srv.output, srv.output
+
+
+# ---- pytest-asyncio ------------------------------------------------------------
+
+def test_pytest_asyncio_suite_runs_on_aiouring(tmp_path):
+    pytest.importorskip("pytest_asyncio")
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLES / "pytest_asyncio", suite)
+    done = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::DeprecationWarning"],
+                          cwd=suite, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\b3 passed\b", done.stdout), done.stdout
+
+
+def test_pytest_asyncio_sample_fails_without_the_hook(tmp_path):
+    # The sample's assertions must be able to fail: without its conftest the
+    # same tests run on asyncio's loop, and say so.
+    pytest.importorskip("pytest_asyncio")
+    suite = tmp_path / "suite"
+    shutil.copytree(EXAMPLES / "pytest_asyncio", suite)
+    (suite / "conftest.py").unlink()
+    done = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                          cwd=suite, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert re.search(r"\b3 failed\b", done.stdout), done.stdout
+    assert "asyncio.unix_events" in done.stdout
+
