@@ -30,6 +30,7 @@ import asyncio
 import operator
 import os
 import socket
+import threading
 import weakref
 from asyncio import base_events
 from dataclasses import dataclass
@@ -213,8 +214,23 @@ class Loop(ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,v
                 "this aiouring event loop was created in the parent process; "
                 "a forked child must create its own event loop")
 
+    def _check_owner_thread(self) -> None:
+        # A SINGLE_ISSUER ring belongs to the first thread that ran the loop.
+        # Refuse up front: otherwise another thread would run callbacks until
+        # its first io_uring_enter failed, halfway through an iteration.
+        owner = self._ring.owner_thread
+        if owner is None or owner == threading.get_ident():
+            return
+        if "SINGLE_ISSUER" in self._ring.info().setup_flags:
+            raise RuntimeError(
+                "this io_uring was set up for single-thread use and is owned by thread "
+                f"{owner}; it cannot be driven from thread {threading.get_ident()} "
+                "(an aiouring loop belongs to the first thread that runs it; "
+                "create one loop per thread)")
+
     def run_forever(self) -> None:
         self._check_not_forked()
+        self._check_owner_thread()
         super().run_forever()
 
     # ---- native socket operations ----------------------------------------
