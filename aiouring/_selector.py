@@ -26,10 +26,14 @@ What this means for aiouring
 
 from __future__ import annotations
 
+import errno as _errno
 import logging
+import os as _os
 import selectors
+import stat as _stat
 import select as _select
 import time
+from threading import get_ident as _get_ident
 
 from ._ops import OpTable, UD_IGNORE
 from .ring import Ring, uapi
@@ -42,6 +46,14 @@ _POLLIN = _select.POLLIN
 _POLLOUT = _select.POLLOUT
 _F_MORE = uapi.IORING_CQE_F_MORE
 _OP_POLL_ADD = uapi.IORING_OP_POLL_ADD
+
+
+def _refuse_like_epoll(fd: int) -> None:
+    """Raise what epoll_ctl(EPOLL_CTL_ADD) raises for fds it cannot watch: a
+    ring poll would take them, and report a regular file "ready" forever."""
+    mode = _os.fstat(fd).st_mode   # OSError(EBADF) for a closed fd, as epoll
+    if _stat.S_ISREG(mode) or _stat.S_ISDIR(mode):
+        raise PermissionError(_errno.EPERM, _os.strerror(_errno.EPERM))
 
 
 class _PollArm:
@@ -100,6 +112,9 @@ class RingSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
         self._poll_add(_OP_POLL_ADD, arm.fd, self._null, 0, 0, mask, ud)
 
     def register(self, fileobj, events, data=None):
+        fd = self._fileobj_lookup(fileobj)
+        if fd >= 0:
+            _refuse_like_epoll(fd)
         key = super().register(fileobj, events, data)
         arm = _PollArm(self, key.fd)
         self._arms[key.fd] = arm
@@ -111,6 +126,12 @@ class RingSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
         arm = self._arms.pop(key.fd, None)
         if arm is not None and not self._ring.closed:
             self._ops.cancel(arm.ud)
+            # The poll holds the kernel's reference to the file: until the
+            # cancel reaches the kernel, a socket the caller closes right after
+            # (server.close()) would stay alive and keep accepting. Only the
+            # ring's owner thread may submit.
+            if self._ring.owner_thread == _get_ident():
+                self._ring.submit()
         return key
 
     def modify(self, fileobj, events, data=None):
