@@ -1,0 +1,412 @@
+"""Pipe transports on both loops (asyncio's own loop is the oracle):
+``connect_read_pipe``/``connect_write_pipe`` on pipes, FIFOs and character
+devices (a pty, /dev/null), with flow control, EOF, broken pipes and fds
+closed under a transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import threading
+import tty
+
+import pytest
+
+from tests.support import loop, loop_kind, run  # noqa: F401  (fixtures)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Recorder(asyncio.Protocol):
+    """Records what a read pipe transport delivers, in order."""
+
+    def __init__(self, loop) -> None:
+        self.chunks: list = []
+        self.events: list = []
+        self.lost = loop.create_future()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data):
+        self.chunks.append(data)
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        self.lost.set_result(exc)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class WriteRecorder(asyncio.Protocol):
+    def __init__(self, loop) -> None:
+        self.events: list = []
+        self.lost = loop.create_future()
+        self.resumed = None
+
+    def connection_made(self, transport):
+        self.events.append("made")
+
+    def pause_writing(self):
+        self.events.append("pause")
+
+    def resume_writing(self):
+        self.events.append("resume")
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        self.lost.set_result(exc)
+
+
+def writer_thread(fd: int, data: bytes, chunk: int = 65536) -> threading.Thread:
+    def write_all():
+        with open(fd, "wb", buffering=0, closefd=True) as f:
+            view = memoryview(data)
+            for i in range(0, len(view), chunk):
+                f.write(view[i:i + chunk])
+
+    t = threading.Thread(target=write_all)
+    t.start()
+    return t
+
+
+def reader_thread(fd: int, out: list, delay: float = 0.0) -> threading.Thread:
+    def read_all():
+        import time
+        if delay:
+            time.sleep(delay)
+        with open(fd, "rb", buffering=0, closefd=True) as f:
+            while True:
+                b = f.read(1 << 16)
+                if not b:
+                    break
+                out.append(b)
+
+    t = threading.Thread(target=read_all)
+    t.start()
+    return t
+
+
+# ---- read pipes -----------------------------------------------------------
+
+def test_read_pipe_hash_checked_then_eof(loop):
+    data = random.Random(3).randbytes(8 * 1024 * 1024 + 3)
+
+    async def main():
+        r, w = os.pipe()
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        t = writer_thread(w, data)
+        await proto.lost
+        t.join()
+        transport.close()
+        return proto
+
+    proto = run(loop, main(), timeout=60)
+    assert sha(proto.data) == sha(data)
+    assert proto.events == ["made", "eof", ("lost", None)]
+
+
+def test_read_pipe_pause_and_resume_lose_nothing(loop):
+    data = random.Random(4).randbytes(2 * 1024 * 1024)
+
+    async def main():
+        r, w = os.pipe()
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        t = writer_thread(w, data)
+        for _ in range(20):
+            transport.pause_reading()
+            assert not transport.is_reading()
+            before = len(proto.data)
+            await asyncio.sleep(0.01)
+            assert len(proto.data) == before   # paused means paused
+            transport.resume_reading()
+            await asyncio.sleep(0.005)
+        await proto.lost
+        t.join()
+        return proto
+
+    proto = run(loop, main(), timeout=60)
+    assert sha(proto.data) == sha(data)
+    assert proto.events[-1] == ("lost", None)
+
+
+def test_stream_reader_over_read_pipe(loop):
+    async def main():
+        r, w = os.pipe()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    open(r, "rb", buffering=0))
+        os.write(w, b"first line\nsecond")
+        os.close(w)
+        lines = [await reader.readline(), await reader.readline(), await reader.readline()]
+        transport.close()
+        return lines
+
+    assert run(loop, main()) == [b"first line\n", b"second", b""]
+
+
+def test_read_pipe_close_before_eof(loop):
+    async def main():
+        r, w = os.pipe()
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        os.write(w, b"abc")
+        await asyncio.sleep(0.05)
+        transport.close()
+        exc = await proto.lost
+        os.close(w)
+        return proto.data, exc, transport.is_closing()
+
+    assert run(loop, main()) == (b"abc", None, True)
+
+
+def test_read_pipe_fd_closed_under_the_transport(loop):
+    """The user closes the pipe's file object while the transport reads it:
+    closing the transport afterwards neither hangs nor fails."""
+    async def main():
+        r, w = os.pipe()
+        pipe = open(r, "rb", buffering=0)
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, pipe)
+        await asyncio.sleep(0.01)
+        pipe.close()
+        await asyncio.sleep(0.05)
+        transport.close()
+        exc = await proto.lost
+        os.close(w)
+        return exc
+
+    assert run(loop, main()) is None
+
+
+def test_read_pipe_rejects_regular_files(loop, tmp_path):
+    path = tmp_path / "regular"
+    path.write_bytes(b"not a pipe")
+
+    async def main():
+        with open(path, "rb", buffering=0) as f:
+            with pytest.raises(ValueError, match="Pipe transport is for pipes/sockets only"):
+                await loop.connect_read_pipe(asyncio.Protocol, f)
+            with pytest.raises(ValueError, match="Pipe transport is only for pipes, sockets and character devices"):
+                await loop.connect_write_pipe(asyncio.Protocol, open(path, "wb", buffering=0))
+
+    run(loop, main())
+
+
+# ---- write pipes ----------------------------------------------------------
+
+def test_write_pipe_flow_control_hash_checked(loop):
+    data = random.Random(6).randbytes(6 * 1024 * 1024)
+
+    async def main():
+        r, w = os.pipe()
+        proto = WriteRecorder(loop)
+        transport, _ = await loop.connect_write_pipe(lambda: proto, open(w, "wb", buffering=0))
+        transport.set_write_buffer_limits(high=256 * 1024)
+        got: list = []
+        t = reader_thread(r, got, delay=0.1)   # the reader starts late: the buffer fills
+        view = memoryview(data)
+        for i in range(0, len(view), 1 << 20):
+            transport.write(view[i:i + (1 << 20)])
+        assert "pause" in proto.events and transport.get_write_buffer_size() > 0
+        transport.close()   # flushes what is buffered, then closes
+        await proto.lost
+        t.join()
+        return b"".join(got), proto.events
+
+    out, events = run(loop, main(), timeout=60)
+    assert sha(out) == sha(data)
+    assert events[0] == "made" and events[-1] == ("lost", None)
+    assert events.count("pause") == 1
+
+
+class FlowControlled(asyncio.streams.FlowControlMixin):
+    """asyncio's documented pairing for a write pipe StreamWriter, plus the
+    close waiter StreamWriter.wait_closed() asks its protocol for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc):
+        super().connection_lost(exc)
+        self.closed.set_result(exc)
+
+    def _get_close_waiter(self, stream):
+        return self.closed
+
+
+def test_stream_writer_drain_over_write_pipe(loop):
+    data = random.Random(7).randbytes(4 * 1024 * 1024)
+
+    async def main():
+        r, w = os.pipe()
+        transport, protocol = await loop.connect_write_pipe(FlowControlled, open(w, "wb", buffering=0))
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        got: list = []
+        t = reader_thread(r, got, delay=0.05)
+        for i in range(0, len(data), 100_000):
+            writer.write(data[i:i + 100_000])
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        t.join()
+        return b"".join(got)
+
+    assert sha(run(loop, main(), timeout=60)) == sha(data)
+
+
+def test_write_pipe_reader_closes_while_idle(loop):
+    """The read end goes away while nothing is buffered: the transport notices
+    (it watches the write end for readability) and closes without an error."""
+    async def main():
+        r, w = os.pipe()
+        proto = WriteRecorder(loop)
+        transport, _ = await loop.connect_write_pipe(lambda: proto, open(w, "wb", buffering=0))
+        transport.write(b"hello")
+        assert os.read(r, 5) == b"hello"
+        os.close(r)
+        exc = await asyncio.wait_for(proto.lost, 10)
+        return type(exc).__name__ if exc else None, transport.is_closing()
+
+    assert run(loop, main()) == (None, True)
+
+
+@pytest.mark.loop_errors_ok
+def test_write_pipe_reader_closes_with_data_buffered(loop):
+    async def main():
+        r, w = os.pipe()
+        proto = WriteRecorder(loop)
+        transport, _ = await loop.connect_write_pipe(lambda: proto, open(w, "wb", buffering=0))
+        transport.write(b"x" * (4 * 1024 * 1024))   # more than the pipe holds
+        assert transport.get_write_buffer_size() > 0
+        os.close(r)
+        exc = await asyncio.wait_for(proto.lost, 10)
+        return type(exc).__name__
+
+    assert run(loop, main()) == "BrokenPipeError"
+
+
+def test_write_after_broken_pipe(loop):
+    async def main():
+        r, w = os.pipe()
+        os.close(r)
+        proto = WriteRecorder(loop)
+        transport, _ = await loop.connect_write_pipe(lambda: proto, open(w, "wb", buffering=0))
+        exc = await asyncio.wait_for(proto.lost, 10)   # noticed through the read event
+        transport.write(b"after close")                # ignored, as in asyncio
+        return type(exc).__name__ if exc else None, transport.is_closing()
+
+    assert run(loop, main()) == (None, True)
+
+
+def test_write_eof_and_abort(loop):
+    async def main():
+        r, w = os.pipe()
+        proto = WriteRecorder(loop)
+        transport, _ = await loop.connect_write_pipe(lambda: proto, open(w, "wb", buffering=0))
+        assert transport.can_write_eof()
+        transport.write(b"before eof")
+        transport.write_eof()
+        await proto.lost
+        first = os.read(r, 100), os.read(r, 100)
+        os.close(r)
+
+        r, w = os.pipe()
+        proto2 = WriteRecorder(loop)
+        transport2, _ = await loop.connect_write_pipe(lambda: proto2, open(w, "wb", buffering=0))
+        transport2.set_write_buffer_limits(high=0)
+        transport2.write(b"y" * (1024 * 1024))
+        transport2.abort()
+        await proto2.lost
+        drained = 0
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            drained += len(chunk)
+        os.close(r)
+        return first, drained < 1024 * 1024
+
+    assert run(loop, main()) == ((b"before eof", b""), True)
+
+
+# ---- FIFOs and character devices ------------------------------------------
+
+def test_fifo_both_directions(loop, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    data = random.Random(8).randbytes(3 * 1024 * 1024)
+
+    async def main():
+        rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        wfd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        rproto = Recorder(loop)
+        wproto = WriteRecorder(loop)
+        await loop.connect_read_pipe(lambda: rproto, open(rfd, "rb", buffering=0))
+        wtransport, _ = await loop.connect_write_pipe(lambda: wproto, open(wfd, "wb", buffering=0))
+        wtransport.write(data)
+        wtransport.close()
+        await wproto.lost
+        await rproto.lost
+        return rproto
+
+    proto = run(loop, main(), timeout=60)
+    assert sha(proto.data) == sha(data)
+    assert proto.events == ["made", "eof", ("lost", None)]
+
+
+def test_pty_character_device(loop):
+    async def main():
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(master, "rb", buffering=0))
+        wproto = WriteRecorder(loop)
+        wtransport, _ = await loop.connect_write_pipe(lambda: wproto, open(slave, "wb", buffering=0))
+        payload = bytes(range(256)) * 16
+        wtransport.write(payload)
+        while len(proto.data) < len(payload):
+            await asyncio.sleep(0.01)
+        wtransport.close()
+        await wproto.lost
+        transport.close()
+        await proto.lost
+        return proto.data == payload
+
+    assert run(loop, main()) is True
+
+
+def test_dev_null(loop, loop_kind):
+    if loop_kind == "asyncio":
+        # epoll refuses /dev/null (EPERM), so asyncio's loop cannot watch it at
+        # all; a ring poll can, and reports it readable (EOF) and writable.
+        pytest.skip("epoll cannot poll /dev/null")
+    async def main():
+        rproto = Recorder(loop)
+        await loop.connect_read_pipe(lambda: rproto, open("/dev/null", "rb", buffering=0))
+        await rproto.lost
+        wproto = WriteRecorder(loop)
+        wtransport, _ = await loop.connect_write_pipe(lambda: wproto, open("/dev/null", "wb", buffering=0))
+        wtransport.write(b"z" * 100_000)
+        wtransport.close()
+        await wproto.lost
+        return rproto.events, rproto.data, wproto.events
+
+    events, data, wevents = run(loop, main())
+    assert (events, data) == (["made", "eof", ("lost", None)], b"")
+    assert wevents == ["made", ("lost", None)]
