@@ -1,0 +1,546 @@
+"""Binary file objects: the behaviour of ``io.BufferedReader``/``Writer``/
+``Random`` (and of ``io.FileIO`` when unbuffered), with every read and write an
+operation on the ring at an explicit offset.
+
+Position model
+--------------
+The kernel's file position is not used: reads and writes carry the offset
+we track (``_pos``), so concurrent positional operations (``pread``/``pwrite``)
+never disturb the stream, and a cancelled operation cannot move it. Only
+``O_APPEND`` files write at offset -1 ("the file position"), because the
+kernel puts every append at the end anyway, and we read the resulting position
+back with ``lseek``.
+
+Buffers: ``_rbuf[_roff:]`` holds read-ahead bytes of the file starting at
+``_pos``; ``_wbuf`` holds written bytes not yet handed to the kernel, to go at
+``_wstart`` (``_pos == _wstart + len(_wbuf)``). At most one of them is
+non-empty.
+
+Stream operations (everything but pread/pwrite) are serialized by a lock, so
+several tasks reading one file object get consecutive, non-overlapping pieces,
+as threads sharing one built-in file object do.
+
+Cancellation
+------------
+* A cancelled read leaves the position where it was: the stream is as if the
+  read had never been called. The kernel may still fill the op's own buffer;
+  that data is dropped, and is read again by the next read.
+* A cancelled write or flush keeps the unwritten bytes in the write buffer.
+  The kernel may still write some of them: the late completion removes exactly
+  those from the buffer, and the next stream operation waits for that late
+  completion first, so nothing is written twice or lost.
+* ``close()`` that is cancelled still closes the fd (closing cannot be taken
+  back), after handing the buffered bytes to the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import warnings
+from typing import Optional
+
+_CancelledError = asyncio.CancelledError
+_UnsupportedOperation = io.UnsupportedOperation
+
+
+class BinaryFile:
+    """An open binary file. Built by :func:`aiouring.open`; not by users."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise TypeError("use aiouring.open() to open files")
+
+    @classmethod
+    def _create(cls, ops, fd: int, name, mode: str, *, readable: bool, writable: bool,
+                appending: bool, closefd: bool, buffer_size: int) -> "BinaryFile":
+        self = object.__new__(cls)
+        self._io = ops
+        self._fd = fd
+        self.name = name
+        self.mode = mode
+        self._readable = readable
+        self._writable = writable
+        self._appending = appending
+        self._closefd = closefd
+        self._buffer_size = buffer_size      # 0: unbuffered (FileIO behaviour)
+        self._closed = False
+        self._pos = 0
+        self._rbuf = b""
+        self._roff = 0
+        self._wbuf = bytearray()
+        self._wstart = 0
+        self._lock = asyncio.Lock()
+        self._late_write: Optional[asyncio.Future] = None
+        self._seekable: Optional[bool] = None
+        if appending:
+            # As FileIO does: an append stream starts at the end.
+            self._pos = os.lseek(fd, 0, os.SEEK_END)
+        else:
+            try:
+                self._pos = os.lseek(fd, 0, os.SEEK_CUR)   # an fd the caller passed in may have moved
+            except OSError:
+                self._pos = 0
+                self._seekable = False
+        self._wstart = self._pos
+        return self
+
+    # ---- checks -----------------------------------------------------------
+
+    def _check_closed(self, what: str = "I/O operation on closed file") -> None:
+        if self._closed:
+            raise ValueError(what)
+
+    def _check_readable(self) -> None:
+        if not self._readable:
+            raise _UnsupportedOperation("read")
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise _UnsupportedOperation("write")
+
+    # ---- introspection ----------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        self._check_closed()
+        return self._fd
+
+    def readable(self) -> bool:
+        self._check_closed()
+        return self._readable
+
+    def writable(self) -> bool:
+        self._check_closed()
+        return self._writable
+
+    def seekable(self) -> bool:
+        self._check_closed()
+        if self._seekable is None:
+            try:
+                os.lseek(self._fd, 0, os.SEEK_CUR)
+                self._seekable = True
+            except OSError:
+                self._seekable = False
+        return self._seekable
+
+    def isatty(self) -> bool:
+        self._check_closed()
+        return os.isatty(self._fd)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._fd}"
+        return f"<aiouring {type(self).__name__} name={self.name!r} mode={self.mode!r} {state}>"
+
+    # ---- the write buffer -------------------------------------------------
+
+    async def _settle(self) -> None:
+        """Wait for a cancelled write's late completion (see Cancellation)."""
+        late = self._late_write
+        if late is not None:
+            await asyncio.shield(late)
+
+    async def _write_out(self, data: bytes, offset: int) -> int:
+        """One write, with the cancellation bookkeeping for the write buffer:
+        the caller consumes the returned count; if the caller is cancelled,
+        whatever the kernel still writes is consumed when it says so."""
+        fut, cancel = self._io.start_write(self._fd, data, offset)
+        try:
+            return await asyncio.shield(fut)
+        except _CancelledError:
+            if fut.done():
+                if not fut.cancelled() and fut.exception() is None:
+                    self._consumed(fut.result())   # it finished as we were cancelled
+                raise
+            cancel()
+            self._late_write = late = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda f: self._late_written(f, late))
+            raise
+
+    def _late_written(self, fut: asyncio.Future, late: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None and fut.result() > 0:
+            self._consumed(fut.result())
+        if self._late_write is late:
+            self._late_write = None
+        if not late.done():
+            late.set_result(None)
+
+    def _consumed(self, n: int) -> None:
+        del self._wbuf[:n]
+        if self._appending:
+            self._wstart = self._pos = os.lseek(self._fd, 0, os.SEEK_CUR) + len(self._wbuf)
+        else:
+            self._wstart += n
+
+    async def _flush_unlocked(self) -> None:
+        await self._settle()
+        while self._wbuf:
+            data = bytes(self._wbuf)
+            n = await self._write_out(data, -1 if self._appending else self._wstart)
+            if n == 0:
+                raise OSError(28, os.strerror(28))   # a regular file that takes no bytes is full
+            self._consumed(n)
+
+    # ---- reading ----------------------------------------------------------
+
+    async def _raw_read(self, n: int, offset: int) -> bytes:
+        return await self._io.read(self._fd, n, offset)
+
+    def _take(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the read buffer (all of it when n < 0)."""
+        rbuf, roff = self._rbuf, self._roff
+        avail = len(rbuf) - roff
+        if n < 0 or n >= avail:
+            data = rbuf[roff:] if roff else rbuf
+            self._rbuf = b""
+            self._roff = 0
+            n = avail
+        else:
+            data = rbuf[roff:roff + n]
+            self._roff = roff + n
+        self._pos += n
+        return data
+
+    async def _prepare_read(self) -> None:
+        self._check_readable()
+        if self._wbuf or self._late_write is not None:
+            await self._flush_unlocked()
+
+    async def read(self, size: Optional[int] = -1) -> bytes:
+        """Read up to ``size`` bytes; everything to EOF when ``size`` is
+        negative or None. Short only at EOF (unbuffered: one read)."""
+        self._check_closed("read of closed file")
+        if size is None:
+            size = -1
+        async with self._lock:
+            self._check_closed("read of closed file")
+            await self._prepare_read()
+            if size < 0:
+                return await self._read_all()
+            if self._buffer_size == 0:
+                data = await self._raw_read(size, self._pos)
+                self._pos += len(data)
+                return data
+            avail = len(self._rbuf) - self._roff
+            if size <= avail:
+                return self._take(size)
+            parts = [self._take(-1)] if avail else []
+            got = avail
+            while got < size:
+                want = size - got
+                if want >= self._buffer_size:
+                    chunk = await self._raw_read(want, self._pos)
+                    self._pos += len(chunk)
+                else:
+                    chunk = await self._raw_read(self._buffer_size, self._pos)
+                    self._rbuf, self._roff = chunk, 0
+                    chunk = self._take(want)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_all(self) -> bytes:
+        parts = [self._take(-1)] if len(self._rbuf) > self._roff else []
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError:
+            size = 0
+        # One read of everything that is left (+1 to see EOF or growth), then
+        # more only if the file is not what its size said.
+        want = max(size - self._pos, 0) + 1
+        chunk_size = max(want, self._buffer_size or io.DEFAULT_BUFFER_SIZE)
+        while True:
+            chunk = await self._raw_read(chunk_size, self._pos)
+            if not chunk:
+                break
+            self._pos += len(chunk)
+            parts.append(chunk)
+            chunk_size = max(chunk_size, 64 * 1024)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read1(self, size: int = -1) -> bytes:
+        """At most one read from the kernel; buffered bytes first."""
+        self._check_closed("read of closed file")
+        async with self._lock:
+            self._check_closed("read of closed file")
+            await self._prepare_read()
+            if size < 0:
+                size = self._buffer_size or io.DEFAULT_BUFFER_SIZE
+            if size == 0:
+                return b""
+            if len(self._rbuf) > self._roff:
+                return self._take(size)
+            if size >= self._buffer_size:
+                data = await self._raw_read(size, self._pos)
+                self._pos += len(data)
+                return data
+            self._rbuf, self._roff = await self._raw_read(self._buffer_size, self._pos), 0
+            return self._take(size)
+
+    async def readinto(self, buffer) -> int:
+        """Read into a writable buffer; return the number of bytes read."""
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError(f"readinto() argument must be read-write bytes-like object, not {type(buffer).__name__}")
+        data = await self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    async def readinto1(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError(f"readinto1() argument must be read-write bytes-like object, not {type(buffer).__name__}")
+        data = await self.read1(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    async def readline(self, size: Optional[int] = -1) -> bytes:
+        """Read one line (up to and including b"\\n"), at most ``size`` bytes."""
+        self._check_closed("readline of closed file")
+        if size is None:
+            size = -1
+        async with self._lock:
+            self._check_closed("readline of closed file")
+            await self._prepare_read()
+            chunk = max(self._buffer_size, io.DEFAULT_BUFFER_SIZE)
+            line = self._rbuf[self._roff:] if self._roff else self._rbuf
+            start = 0
+            offset = self._pos      # file offset of line[0]
+            while True:
+                nl = line.find(b"\n", start)
+                if nl >= 0:
+                    end = nl + 1
+                    break
+                if 0 <= size <= len(line):
+                    end = size
+                    break
+                start = len(line)
+                more = await self._raw_read(chunk, offset + len(line))
+                if not more:
+                    end = len(line)
+                    break
+                line += more
+            if 0 <= size < end:
+                end = size
+            # With explicit offsets nothing needs to be "put back": keep what
+            # follows the line as read-ahead, unless unbuffered.
+            self._pos = offset + end
+            if self._buffer_size and end < len(line):
+                self._rbuf, self._roff = line, end
+            else:
+                self._rbuf, self._roff = b"", 0
+            return line[:end] if end < len(line) else line
+
+    async def readlines(self, hint: Optional[int] = -1) -> list:
+        if hint is None or hint <= 0:
+            hint = -1
+        lines = []
+        total = 0
+        while True:
+            line = await self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __aiter__(self):
+        self._check_closed()
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    # ---- writing ----------------------------------------------------------
+
+    async def write(self, data) -> int:
+        """Write ``data``. Buffered: returns ``len(data)``; the bytes reach the
+        kernel when the buffer fills, on flush, seek or close. Unbuffered: one
+        write, which may be short."""
+        self._check_closed("write to closed file")
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise TypeError(f"a bytes-like object is required, not '{type(data).__name__}'") from None
+        async with self._lock:
+            self._check_closed("write to closed file")
+            self._check_writable()
+            await self._settle()
+            if self._rbuf:
+                self._rbuf, self._roff = b"", 0   # _pos already is the logical position
+            if not self._wbuf:
+                self._wstart = self._pos
+            n = view.nbytes
+            if self._buffer_size == 0:
+                await self._flush_unlocked()   # what a cancelled write left behind goes first
+                self._wstart = self._pos
+                self._wbuf += view
+                self._pos += n
+                try:
+                    written = await self._write_out(bytes(self._wbuf), -1 if self._appending else self._wstart)
+                    self._consumed(written)
+                except _CancelledError:
+                    raise   # the late completion (or the next flush) settles the buffer
+                finally:
+                    if self._late_write is None:
+                        # Unbuffered writes report what the kernel took; the
+                        # rest of a short write is not written, as os.write.
+                        self._wbuf.clear()
+                        self._pos = self._wstart
+                return written
+            self._wbuf += view
+            self._pos += n
+            if len(self._wbuf) >= self._buffer_size:
+                await self._flush_unlocked()
+            return n
+
+    async def writelines(self, lines) -> None:
+        for line in lines:
+            await self.write(line)
+
+    async def flush(self) -> None:
+        """Hand buffered bytes to the kernel (not fsync: see :meth:`fsync`)."""
+        self._check_closed("flush of closed file")
+        async with self._lock:
+            await self._flush_unlocked()
+
+    # ---- positioning ------------------------------------------------------
+
+    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._check_closed("seek of closed file")
+        if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):
+            raise ValueError(f"whence value {whence} unsupported")
+        offset = offset.__index__()
+        async with self._lock:
+            self._check_closed("seek of closed file")
+            await self._flush_unlocked()
+            if whence == os.SEEK_CUR:
+                offset += self._pos
+                whence = os.SEEK_SET
+            # lseek computes SEEK_END/DATA/HOLE and rejects what the built-in
+            # file rejects (a negative result: EINVAL), with the same error.
+            pos = os.lseek(self._fd, offset, whence)
+            self._rbuf, self._roff = b"", 0
+            self._pos = self._wstart = pos
+            return pos
+
+    async def tell(self) -> int:
+        self._check_closed()
+        return self._pos
+
+    async def truncate(self, size: Optional[int] = None) -> int:
+        """Resize the file to ``size`` (default: the position); the position
+        does not move."""
+        self._check_closed()
+        async with self._lock:
+            self._check_closed()
+            self._check_writable()
+            await self._flush_unlocked()
+            if size is None:
+                size = self._pos
+            size = size.__index__()
+            await self._io.ftruncate(self._fd, size)
+            self._rbuf, self._roff = b"", 0
+            return size
+
+    # ---- positional I/O (not part of the stream) --------------------------
+
+    async def pread(self, size: int, offset: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset`` without moving the position.
+        Sees every earlier write on this file object (they are flushed first)."""
+        self._check_closed("read of closed file")
+        self._check_readable()
+        if size < 0 or offset < 0:
+            raise ValueError("size and offset must not be negative")
+        if self._wbuf or self._late_write is not None:
+            async with self._lock:
+                await self._flush_unlocked()
+        return await self._io.read(self._fd, size, offset)
+
+    async def pwrite(self, data, offset: int) -> int:
+        """Write ``data`` at ``offset`` without moving the position; returns
+        the number of bytes written (may be short, as os.pwrite)."""
+        self._check_closed("write to closed file")
+        self._check_writable()
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        if self._wbuf or self._late_write is not None:
+            async with self._lock:
+                await self._flush_unlocked()
+        self._rbuf, self._roff = b"", 0   # read-ahead may now be stale
+        return await self._io.write(self._fd, bytes(data), offset)
+
+    async def fsync(self) -> None:
+        """Flush, then make the file's data and metadata durable."""
+        await self.flush()
+        await self._io.fsync(self._fd, False)
+
+    async def fdatasync(self) -> None:
+        """Flush, then make the file's data durable."""
+        await self.flush()
+        await self._io.fsync(self._fd, True)
+
+    async def stat(self) -> os.stat_result:
+        self._check_closed()
+        return await self._io.fstat(self._fd)
+
+    # ---- closing ----------------------------------------------------------
+
+    async def close(self) -> None:
+        """Flush and close. Idempotent. The fd is closed even if flushing
+        fails (the error is raised after) or the caller is cancelled."""
+        if self._closed:
+            return
+        try:
+            async with self._lock:
+                if self._closed:
+                    return
+                try:
+                    await self._flush_unlocked()
+                finally:
+                    await self._close_fd()
+        except _CancelledError:
+            if not self._closed:
+                await asyncio.shield(self._close_fd())
+            raise
+
+    async def _close_fd(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._rbuf = b""
+        if self._closefd:
+            await self._io.close(self._fd)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or not getattr(self, "_closefd", False):
+            return
+        warnings.warn(f"unclosed file {self!r}", ResourceWarning, source=self)
+        # Last resort, as the built-in file's finalizer: synchronous flush and
+        # close. Skipped for bytes a cancelled write may still be writing.
+        self._closed = True
+        try:
+            if self._wbuf and self._late_write is None:
+                if self._appending:
+                    os.write(self._fd, self._wbuf)
+                else:
+                    os.pwrite(self._fd, self._wbuf, self._wstart)
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
