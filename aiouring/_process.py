@@ -70,7 +70,13 @@ def returncode_from_child_status(code: int, status: int) -> int:
     raise RuntimeError(f"aiouring internal error: unexpected si_code {code} for an exited child, please report")
 
 
-def _exit_status_lost(pid: int) -> int:
+def _exit_status_taken(pid: int, transport) -> int:
+    # Somebody reaped the child behind our back. When it was the transport's
+    # own Popen (poll()/wait() called directly) the true code is known; asyncio
+    # reports 255 even then, which helps nobody.
+    returncode = transport._proc.returncode if transport._proc is not None else None
+    if returncode is not None:
+        return returncode
     logger.warning("child process pid %d exit status already read: will report returncode 255", pid)
     return _UNKNOWN_RETURNCODE
 
@@ -149,7 +155,7 @@ class _WaitidWatch(_ChildWatch):
         elif res == -errno.ECANCELED:
             self.orphan()
         elif res == -errno.ECHILD:
-            self.deliver(_exit_status_lost(self.pid))
+            self.deliver(_exit_status_taken(self.pid, self.transport))
         else:
             # Not an outcome waitid(2) documents for our own child: watch it
             # the portable way rather than lose its exit.
@@ -188,7 +194,7 @@ class _PidfdWatch(_ChildWatch):
             # The pidfd is readable once the child is a zombie: this never blocks.
             _, status = os.waitpid(self.pid, 0)
         except ChildProcessError:
-            self.deliver(_exit_status_lost(self.pid))
+            self.deliver(_exit_status_taken(self.pid, self.transport))
         else:
             self.deliver(os.waitstatus_to_exitcode(status))
 

@@ -444,3 +444,20 @@ def test_transport_close_kills_running_child(loop):
         return await p.wait()
 
     assert run(loop, main()) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("watch", WATCH_KINDS)
+def test_exit_status_taken_by_popen_itself(loop, loop_kind, watch):
+    """The transport's own Popen reaps the child (a direct Popen.wait()): the
+    ring's wait then finds no child (ECHILD). aiouring reports the code Popen
+    read; asyncio's watchers race the Popen and may report 255 instead."""
+    if loop_kind == "asyncio":
+        pytest.skip("asyncio's threaded watcher races the direct wait")
+    use_watch(loop, watch)
+
+    async def main():
+        p = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 5")
+        assert p._transport._proc.wait() == 5   # blocking: reaps before the ring can
+        return await p.wait()
+
+    assert run(loop, main()) == 5
