@@ -1,3 +1,35 @@
-from setuptools import setup
+"""Wires the cffi build of aiouring._ring into setuptools, and turns a failed
+compile into a message that says what to install (everything else is in
+pyproject.toml)."""
 
-setup(cffi_modules=["aiouring/_build/ring_build.py:ffibuilder"])
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
+
+_HOW_TO_FIX = """
+aiouring could not compile its C extension (aiouring._ring, the io_uring binding):
+{error}
+
+Building aiouring from source needs a C compiler (gcc or clang; CC picks one)
+and the Python development headers (Python.h) for this interpreter:
+    Debian/Ubuntu:  apt-get install gcc python3-dev
+    Fedora/RHEL:    dnf install gcc python3-devel
+    Alpine:         apk add gcc musl-dev linux-headers python3-dev
+then install again. The compiler's own output is above this message.
+"""
+
+
+class BuildExtExplained(build_ext):
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:   # CompileError, DistutilsExecError, a missing compiler (OSError)
+            raise CompileError(_HOW_TO_FIX.format(error=exc)) from exc
+
+
+# cffi subclasses whatever build_ext is registered here to add its own step.
+# cffi compiles against the stable ABI (the module is _ring.abi3.so), so one
+# wheel per architecture serves every CPython from 3.10 (requires-python) on.
+setup(cmdclass={"build_ext": BuildExtExplained},
+      cffi_modules=["aiouring/_build/ring_build.py:ffibuilder"],
+      options={"bdist_wheel": {"py_limited_api": "cp310"}})
