@@ -39,6 +39,7 @@ from typing import Any, Optional
 from ._ops import FutureOp, OpTable
 from ._process import ChildProcessMixin
 from ._selector import RingSelector
+from .transports import RingTransportsMixin
 from .ring import Ring, RingInfo, RingStatistics, error_from_result, uapi
 from . import _sockaddr
 
@@ -132,7 +133,7 @@ class _AcceptOp:
             self.fut.cancel()
 
 
-class Loop(ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """An asyncio event loop whose I/O runs on io_uring.
 
     Ring options: ``sq_entries``, ``cq_entries`` (rounded up to powers of two),
@@ -332,15 +333,23 @@ class Loop(ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,v
         self._ensure_fd_no_transport(fd)
         ptr = Ring.pointer(view)
         sent = 0
-        while sent < total:
-            fut = self.create_future()
-            ud = self._register_op(FutureOp(fut, ptr))
-            self._prep(_OP_SEND, fd, ptr + sent, total - sent, 0, _MSG_NOSIGNAL, ud)
-            try:
-                sent += await fut
-            except _CancelledError:
-                self._ops.cancel(ud)
-                raise
+        try:
+            while sent < total:
+                fut = self.create_future()
+                ud = self._register_op(FutureOp(fut, ptr))
+                self._prep(_OP_SEND, fd, ptr + sent, total - sent, 0, _MSG_NOSIGNAL, ud)
+                try:
+                    sent += await fut
+                except _CancelledError:
+                    self._ops.cancel(ud)
+                    ptr = None   # the op record keeps it until the kernel lets go
+                    raise
+        finally:
+            # A failed send's exception -> traceback -> this frame -> the view
+            # is a cycle; the view must not still be exported when the cycle
+            # collector clears it (a crash), so let go of it now.
+            if ptr is not None:
+                Ring.release(ptr)
 
     async def sock_accept(self, sock):
         """Accept a connection: ``(conn, address)``, ``conn`` non-blocking."""
