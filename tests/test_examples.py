@@ -116,3 +116,54 @@ def test_subprocess_pipeline(loop_name):
                           env=child_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"ok {size} {expected} "), done.stdout
+
+
+@pytest.mark.parametrize("method", ["stream", "copyfile"])
+def test_copy_file(loop_name, method, tmp_path):
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    data = os.urandom((3 << 20) + 12345)    # not a multiple of any chunk size
+    src.write_bytes(data)
+    dst.write_bytes(b"old contents, longer than nothing" * 100_000)    # must be truncated
+    done = subprocess.run(_example("copy_file.py", str(src), str(dst), "--loop", loop_name,
+                                   "--method", method, "--fsync"),
+                          env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    digest = hashlib.sha256(data).hexdigest()
+    on_ring = "yes" if loop_name == "aiouring" else "no"
+    assert done.stdout.strip() == f"copied {len(data)} bytes sha256 {digest} (on ring: {on_ring})"
+    assert hashlib.sha256(dst.read_bytes()).hexdigest() == digest
+
+
+def _http_get_raw(port: int, target: str) -> tuple:
+    # A raw request: urllib would normalise "/../" away before sending it.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {target} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        response = bytearray()
+        while chunk := sock.recv(1 << 16):
+            response += chunk
+    head, _, body = bytes(response).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n")[0].decode()
+    length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    assert length == [len(body)], head
+    return status, body
+
+
+def test_static_server(loop_name, tmp_path):
+    root = tmp_path / "www"
+    (root / "sub dir").mkdir(parents=True)
+    files = {"empty": b"", "small.txt": b"hello\n", "sub dir/big.bin": os.urandom((4 << 20) + 7)}
+    for name, content in files.items():
+        (root / name).write_bytes(content)
+    (tmp_path / "secret").write_bytes(b"outside the root")
+    cmd = _example("static_server.py", "--root", str(root), "--loop", loop_name)
+    with Server(cmd, r"serving \S+ on [\d.]+:(\d+)") as srv:
+        assert f"({expected_loop_module(loop_name)})" in srv.output
+        for name, content in files.items():
+            status, body = _http_get_raw(srv.port, "/" + name.replace(" ", "%20"))
+            assert status == "HTTP/1.0 200 OK"
+            assert hashlib.sha256(body).digest() == hashlib.sha256(content).digest(), name
+        assert _http_get_raw(srv.port, "/missing")[0] == "HTTP/1.0 404 Not Found"
+        assert _http_get_raw(srv.port, "/sub%20dir")[0] == "HTTP/1.0 404 Not Found"
+        assert _http_get_raw(srv.port, "/../secret")[0] == "HTTP/1.0 403 Forbidden"
+        assert srv.stop() == 0, srv.output
+        assert "Traceback" not in srv.output, srv.output
