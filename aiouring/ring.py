@@ -593,6 +593,11 @@ class Ring:
     cast = staticmethod(ffi.cast)
     sizeof = staticmethod(ffi.sizeof)
     string = staticmethod(ffi.string)
+    # Ends a pointer()'s hold on its buffer now rather than when the cdata is
+    # collected: a memoryview still exported when the cycle collector clears
+    # it makes CPython refuse ("memoryview has 1 exported buffer") and the
+    # later release crashes. Only once the kernel is done with the memory.
+    release = staticmethod(ffi.release)
 
     def buffer_ring(self, group_id: int, entries: int, buffer_size: int) -> "BufferRing":
         """Register a provided-buffer ring (``IORING_REGISTER_PBUF_RING``, 5.19)."""
