@@ -163,8 +163,9 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
         self._register_op = ops.register
         # Bytes a cancelled receive took off a socket, for the next receive.
         self._read_stash: "weakref.WeakKeyDictionary[socket.socket, bytes]" = weakref.WeakKeyDictionary()
-        # Sockets with a cancelled receive still in flight -> future set when it lands.
-        self._late_reads: "weakref.WeakKeyDictionary[socket.socket, asyncio.Future]" = weakref.WeakKeyDictionary()
+        # Sockets with cancelled receives still in flight ->
+        # [how many, future set when the last of them lands].
+        self._late_reads: "weakref.WeakKeyDictionary[socket.socket, list]" = weakref.WeakKeyDictionary()
         super().__init__(selector)
         selector.on_handler_error = self._on_handler_error
 
@@ -240,19 +241,44 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
         if res > 0:
             data = Ring.unpack(buf, res)
             self._read_stash[sock] = self._read_stash.get(sock, b"") + data
-        settled = self._late_reads.pop(sock, None)
-        if settled is not None and not settled.done():
-            settled.set_result(None)
+        late = self._late_reads.get(sock)
+        if late is None:
+            return   # completed before the task even saw its cancellation
+        late[0] -= 1
+        if late[0] == 0:
+            del self._late_reads[sock]
+            if not late[1].done():
+                late[1].set_result(None)
 
-    def _abandon_read(self, ud: int, sock) -> None:
+    def _abandon_read(self, ud: int, sock, fut, buf) -> None:
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            # The receive had completed, but the task was cancelled before it
+            # resumed (Task.cancel() on a task whose future is already done
+            # throws CancelledError in instead of the result). The bytes came
+            # before anything stashed since, so they go in front.
+            res = fut.result()
+            data = res if res.__class__ is bytes else Ring.unpack(buf, res)
+            if data:
+                self._read_stash[sock] = data + self._read_stash.get(sock, b"")
+            return
+        if ud not in self._ops.handlers:
+            # The CQE came in the same batch that woke the cancelled task:
+            # its bytes (if any) are already stashed. Waiting for it would
+            # block every later receive on this socket forever.
+            return
         self._ops.cancel(ud)
-        if sock not in self._late_reads:
-            self._late_reads[sock] = self.create_future()
+        # Several cancelled receives may be in flight on one socket; the next
+        # receive waits for all of them so that bytes never change order.
+        late = self._late_reads.get(sock)
+        if late is None:
+            self._late_reads[sock] = [1, self.create_future()]
+        else:
+            late[0] += 1
 
     async def _wait_late_read(self, sock) -> None:
-        settled = self._late_reads.get(sock)
-        if settled is not None:
-            await asyncio.shield(settled)
+        late = self._late_reads.get(sock)
+        if late is not None:
+            await asyncio.shield(late[1])
 
     def _take_stash(self, sock, n: int) -> Optional[bytes]:
         data = self._read_stash.pop(sock, None)
@@ -290,7 +316,7 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
         try:
             return await fut
         except _CancelledError:
-            self._abandon_read(ud, sock)
+            self._abandon_read(ud, sock, fut, buf)
             raise
 
     async def sock_recv_into(self, sock, buf):
@@ -316,7 +342,7 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
         try:
             return await fut
         except _CancelledError:
-            self._abandon_read(ud, sock)
+            self._abandon_read(ud, sock, fut, tmp)
             raise
 
     async def sock_sendall(self, sock, data):
@@ -363,5 +389,7 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
         try:
             return await fut
         except _CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result()[0].close()   # accepted, but nobody will take it
             self._ops.cancel(ud)
             raise
