@@ -30,6 +30,7 @@ import asyncio
 import operator
 import os
 import socket
+import sys
 import threading
 import weakref
 from asyncio import base_events
@@ -51,6 +52,12 @@ _OP_ACCEPT = uapi.IORING_OP_ACCEPT
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _ACCEPT_FLAGS = socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
 _CancelledError = asyncio.CancelledError
+# The most one read or write moves on Linux (MAX_RW_COUNT: INT_MAX rounded down
+# to a page). io_uring answers EINVAL above it, and the SQE's length is 32 bits:
+# asking for less is always allowed (a receive returns what is queued), so
+# receives and sends are clamped to it instead of failing as asyncio does not.
+_MAX_RW = 0x7FFFF000
+_SSIZE_MAX = sys.maxsize
 _check_ssl_socket = base_events._check_ssl_socket
 
 
@@ -301,6 +308,8 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
             n = operator.index(n)
         if n < 0:
             raise ValueError("negative buffersize in recv")
+        if n > _SSIZE_MAX:   # what socket.recv says for it
+            raise OverflowError("Python int too large to convert to C ssize_t")
         if self._late_reads:
             await self._wait_late_read(sock)
         if self._read_stash:
@@ -310,6 +319,8 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         fut = self.create_future()
+        if n > _MAX_RW:
+            n = _MAX_RW
         buf = Ring.alloc("char[]", n or 1)
         ud = self._register_op(_RecvOp(fut, buf, sock, self))
         self._prep(_OP_RECV, fd, buf, n, 0, 0, ud)
@@ -336,6 +347,8 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         fut = self.create_future()
+        if n > _MAX_RW:
+            n = _MAX_RW
         tmp = Ring.alloc("char[]", n or 1)
         ud = self._register_op(_RecvOp(fut, tmp, sock, self, view))
         self._prep(_OP_RECV, fd, tmp, n, 0, 0, ud)
@@ -363,7 +376,7 @@ class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  
             while sent < total:
                 fut = self.create_future()
                 ud = self._register_op(FutureOp(fut, ptr))
-                self._prep(_OP_SEND, fd, ptr + sent, total - sent, 0, _MSG_NOSIGNAL, ud)
+                self._prep(_OP_SEND, fd, ptr + sent, min(total - sent, _MAX_RW), 0, _MSG_NOSIGNAL, ud)
                 try:
                     sent += await fut
                 except _CancelledError:
