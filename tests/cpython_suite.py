@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +72,7 @@ DEFAULT_MODULES = (
 # Per-selector copies of the same tests; see the module docstring.
 _DUPLICATE_CLASSES = ("PollEventLoopTests", "SelectEventLoopTests", "KqueueEventLoopTests")
 _MODULE_TIMEOUT = 600.0
+_CHILD_MEMORY_LIMIT = 4 << 30
 _SuiteLoop = None   # set by _patch_in_aiouring, to count the loops it made
 
 
@@ -116,6 +119,13 @@ class _CountingResult(unittest.TextTestResult):
 
 def _child(kind: str, module: str) -> int:
     """Run one module on one loop; print one JSON line with the outcome."""
+    # Started from a background shell, SIGINT arrives ignored; test_runners'
+    # interrupt tests then spin forever (and a Mock in them grows without end).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A module that runs away must fail alone, not take the machine with it.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _CHILD_MEMORY_LIMIT if hard == resource.RLIM_INFINITY else min(hard, _CHILD_MEMORY_LIMIT)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     if kind == "aiouring":
         _patch_in_aiouring()
     from test import support
@@ -166,7 +176,10 @@ def _counts(report: dict) -> str:
     if "crashed" in report:
         return "CRASHED"
     bad = len(report["failures"]) + len(report["errors"])
-    return f"{len(report['passed']):4d} pass {bad:3d} fail {len(report['skipped']):3d} skip"
+    counts = f"{len(report['passed']):4d} pass {bad:3d} fail {len(report['skipped']):3d} skip"
+    if report["loop"] == "aiouring":
+        counts += f" {report['aiouring_loops']:4d} loops"
+    return counts
 
 
 def main(argv=None) -> int:
@@ -183,7 +196,7 @@ def main(argv=None) -> int:
 
     kinds = args.loops.split(",")
     reports: list = []
-    print(f"{'module':24s} " + "  ".join(f"{k:>30s}" for k in kinds) + "   only-aiouring-failures")
+    print(f"{'module':24s} " + "  ".join(f"{k:>40s}" for k in kinds) + "   only-aiouring-failures")
     regressions_total = 0
     for module in args.modules:
         row = {kind: _run_module(kind, module) for kind in kinds}
@@ -196,7 +209,7 @@ def main(argv=None) -> int:
         elif "crashed" in row.get("aiouring", {}):
             regressions = ["<module crashed>"]
         regressions_total += len(regressions)
-        print(f"{module:24s} " + "  ".join(f"{_counts(row[k]):>30s}" for k in kinds)
+        print(f"{module:24s} " + "  ".join(f"{_counts(row[k]):>40s}" for k in kinds)
               + f"   {len(regressions)}", flush=True)
         if args.verbose:
             if "crashed" in row.get("aiouring", {}):
