@@ -1,6 +1,7 @@
 """Describe the machine a benchmark ran on.
 
-    python bench/platinfo.py            # JSON on stdout
+    python bench/platinfo.py                     # JSON on stdout
+    python bench/platinfo.py --aiouring-backing  # one line: the ring backing aiouring got
 
 ``collect()`` returns a dict: kernel, CPU model and count, Python, versions of
 the packages that matter (aiouring, uvloop, aiohttp, httptools, ...), the
@@ -104,6 +105,21 @@ def collect(python=sys.executable):
     }
 
 
+def backing_summary(info):
+    """One line: which ring backing aiouring got, from aiouring_info()."""
+    if "error" in info and "usable" not in info:
+        return f"aiouring: `python -m aiouring --json` failed: {info['error']}"
+    ring = info.get("ring") or {}
+    if not info.get("usable") or not ring:
+        return f"aiouring: io_uring is NOT usable here: {info.get('error')}"
+    tried = ", ".join(f"{a.get('backing')} ({a.get('error') or 'ok'})" for a in info.get("attempts", []))
+    return f"aiouring ring backing: {ring.get('backing')}" + (f"  (tried: {tried})" if tried else "")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--aiouring-backing"]:
+        info = aiouring_info()
+        print(backing_summary(info))
+        sys.exit(0 if info.get("usable") else 1)
     json.dump(collect(), sys.stdout, indent=2)
     print()
