@@ -219,8 +219,19 @@ class RingFileOps(ThreadFileOps):
         try:
             return await fut
         except _CancelledError:
-            self._ops.cancel(ud)
+            self._abandon(fut, ud, on_late)
             raise
+
+    def _abandon(self, fut, ud: int, on_late=None) -> None:
+        """The awaiting task was cancelled. Either the CQE has not come yet
+        (ask the kernel to cancel; the op record hands a late result to
+        ``on_late``), or it came and resolved ``fut`` just before the
+        cancellation reached the task: then nobody will take that result, so
+        it goes to ``on_late`` now (a fresh fd must not leak)."""
+        if not fut.done():
+            self._ops.cancel(ud)
+        elif on_late is not None and not fut.cancelled() and fut.exception() is None:
+            on_late(fut.result(), 0)
 
     async def _path_op(self, opcode, fd, path, length, op_flags, filename, path2=None, filename2=None):
         p = Ring.alloc("char[]", _encode_path(path))

@@ -212,37 +212,48 @@ class BinaryFile:
     async def read(self, size: Optional[int] = -1) -> bytes:
         """Read up to ``size`` bytes; everything to EOF when ``size`` is
         negative or None. Short only at EOF (unbuffered: one read)."""
+        self._check_readable()     # before the closed check, as the built-in file
         self._check_closed("read of closed file")
         if size is None:
             size = -1
         async with self._lock:
             self._check_closed("read of closed file")
             await self._prepare_read()
-            if size < 0:
-                return await self._read_all()
-            if self._buffer_size == 0:
-                data = await self._raw_read(size, self._pos)
-                self._pos += len(data)
-                return data
-            avail = len(self._rbuf) - self._roff
-            if size <= avail:
-                return self._take(size)
-            parts = [self._take(-1)] if avail else []
-            got = avail
-            while got < size:
-                want = size - got
-                if want >= self._buffer_size:
-                    chunk = await self._raw_read(want, self._pos)
-                    self._pos += len(chunk)
-                else:
-                    chunk = await self._raw_read(self._buffer_size, self._pos)
-                    self._rbuf, self._roff = chunk, 0
-                    chunk = self._take(want)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            # A read that fails or is cancelled half-way (after taking
+            # buffered bytes) leaves the stream as it found it.
+            saved = self._pos, self._rbuf, self._roff
+            try:
+                return await self._read_unlocked(size)
+            except BaseException:
+                self._pos, self._rbuf, self._roff = saved
+                raise
+
+    async def _read_unlocked(self, size: int) -> bytes:
+        if size < 0:
+            return await self._read_all()
+        if self._buffer_size == 0:
+            data = await self._raw_read(size, self._pos)
+            self._pos += len(data)
+            return data
+        avail = len(self._rbuf) - self._roff
+        if size <= avail:
+            return self._take(size)
+        parts = [self._take(-1)] if avail else []
+        got = avail
+        while got < size:
+            want = size - got
+            if want >= self._buffer_size:
+                chunk = await self._raw_read(want, self._pos)
+                self._pos += len(chunk)
+            else:
+                chunk = await self._raw_read(self._buffer_size, self._pos)
+                self._rbuf, self._roff = chunk, 0
+                chunk = self._take(want)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _read_all(self) -> bytes:
         parts = [self._take(-1)] if len(self._rbuf) > self._roff else []
@@ -265,6 +276,8 @@ class BinaryFile:
 
     async def read1(self, size: int = -1) -> bytes:
         """At most one read from the kernel; buffered bytes first."""
+        if not self._readable:
+            raise _UnsupportedOperation("read1")
         self._check_closed("read of closed file")
         async with self._lock:
             self._check_closed("read of closed file")
@@ -301,9 +314,13 @@ class BinaryFile:
 
     async def readline(self, size: Optional[int] = -1) -> bytes:
         """Read one line (up to and including b"\\n"), at most ``size`` bytes."""
-        self._check_closed("readline of closed file")
         if size is None:
             size = -1
+        if size == 0:
+            self._check_closed("readline of closed file")
+            return b""      # nothing to read: the built-in doesn't check the mode either
+        self._check_readable()
+        self._check_closed("readline of closed file")
         async with self._lock:
             self._check_closed("readline of closed file")
             await self._prepare_read()
@@ -366,6 +383,7 @@ class BinaryFile:
         """Write ``data``. Buffered: returns ``len(data)``; the bytes reach the
         kernel when the buffer fills, on flush, seek or close. Unbuffered: one
         write, which may be short."""
+        self._check_writable()
         self._check_closed("write to closed file")
         try:
             view = memoryview(data)
@@ -440,7 +458,7 @@ class BinaryFile:
     async def truncate(self, size: Optional[int] = None) -> int:
         """Resize the file to ``size`` (default: the position); the position
         does not move."""
-        self._check_closed()
+        self._check_closed("truncate of closed file")
         async with self._lock:
             self._check_closed()
             self._check_writable()

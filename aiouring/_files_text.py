@@ -15,8 +15,8 @@ exactly as the built-in ``open`` does on the same file:
 * ``tell()`` returns an opaque cookie: the byte offset of a point where the
   decoder was empty plus, when the position is inside a decoded chunk, the
   decoder flags, the bytes to feed and the characters to skip from there (the
-  same packing as CPython's, so cookies are plain byte offsets whenever the
-  decoder holds nothing). ``seek(cookie)`` rebuilds the decoder state.
+  same packing as CPython's C implementation, so cookies are plain byte
+  offsets whenever the decoder holds nothing). ``seek(cookie)`` rebuilds the decoder state.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ._files_binary import BinaryFile
 _CHUNK_SIZE = 8192
 _UnsupportedOperation = io.UnsupportedOperation
 _MASK64 = (1 << 64) - 1
+_MASK32 = (1 << 32) - 1
 
 
 def resolve_encoding(encoding: Optional[str]) -> str:
@@ -50,18 +51,21 @@ def check_text_encoding(encoding: str) -> None:
         raise LookupError(f"{encoding!r} is not a text encoding; use codecs.open() to handle arbitrary codecs")
 
 
+# Cookie layout of CPython's C TextIOWrapper (a little-endian struct: 64-bit
+# start position, 32-bit decoder flags, bytes to feed, chars to skip, 8-bit
+# need-EOF), so our cookies equal the built-in file's for the same position.
 def _pack_cookie(position: int, dec_flags: int = 0, bytes_to_feed: int = 0, need_eof: bool = False,
                  chars_to_skip: int = 0) -> int:
-    return (position | (dec_flags << 64) | (bytes_to_feed << 128) | (chars_to_skip << 192)
-            | (bool(need_eof) << 256))
+    return (position | (dec_flags << 64) | (bytes_to_feed << 96) | (chars_to_skip << 128)
+            | (int(bool(need_eof)) << 160))
 
 
 def _unpack_cookie(cookie: int):
     position = cookie & _MASK64
-    dec_flags = (cookie >> 64) & _MASK64
-    bytes_to_feed = (cookie >> 128) & _MASK64
-    chars_to_skip = (cookie >> 192) & _MASK64
-    need_eof = bool(cookie >> 256)
+    dec_flags = (cookie >> 64) & _MASK32
+    bytes_to_feed = (cookie >> 96) & _MASK32
+    chars_to_skip = (cookie >> 128) & _MASK32
+    need_eof = bool((cookie >> 160) & 0xFF)
     return position, dec_flags, bytes_to_feed, need_eof, chars_to_skip
 
 

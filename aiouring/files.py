@@ -128,7 +128,7 @@ def _parse_mode(mode, buffering, encoding, errors, newline):
         raw_mode = "ab"
     if updating:
         flags |= os.O_RDWR
-        raw_mode += "+"
+        raw_mode = ("rb" if writing else raw_mode) + "+"   # FileIO calls "w+" "rb+"
     elif reading:
         flags |= os.O_RDONLY
     else:
@@ -189,19 +189,21 @@ async def _open(file, mode="r", buffering=-1, encoding=None, errors=None, newlin
 
 class _Opening:
     """What :func:`open` returns: await it for the file, or use it as an async
-    context manager that closes the file on exit (as aiofiles' open)."""
+    context manager that closes the file on exit (as aiofiles' open). The
+    opening starts when it is awaited, so an unawaited (or cancelled before
+    starting) open leaves nothing behind."""
 
-    __slots__ = ("_coro", "_file")
+    __slots__ = ("_args", "_file")
 
-    def __init__(self, coro) -> None:
-        self._coro = coro
+    def __init__(self, args) -> None:
+        self._args = args
         self._file = None
 
     def __await__(self):
-        return self._coro.__await__()
+        return _open(*self._args).__await__()
 
     async def __aenter__(self):
-        self._file = await self._coro
+        self._file = await _open(*self._args)
         return self._file
 
     async def __aexit__(self, *exc) -> None:
@@ -212,7 +214,7 @@ def open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
          closefd=True, opener=None):
     """Open a file, as the built-in ``open`` does, and return an awaitable
     async context manager for the :class:`TextFile` or :class:`BinaryFile`."""
-    return _Opening(_open(file, mode, buffering, encoding, errors, newline, closefd, opener))
+    return _Opening((file, mode, buffering, encoding, errors, newline, closefd, opener))
 
 
 # ---- path operations ----------------------------------------------------------
