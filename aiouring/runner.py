@@ -56,6 +56,11 @@ def new_event_loop(*, strict: Optional[bool] = None, **ring_options: Any) -> asy
 def run(main: Coroutine[Any, Any, _T], *, debug: Optional[bool] = None,
         strict: Optional[bool] = None, **ring_options: Any) -> _T:
     """Run ``main`` on a new aiouring loop, as :func:`asyncio.run` does."""
+    # Checked before a ring is set up, as asyncio.run does: otherwise the
+    # Runner builds a loop it can neither run nor shut down cleanly.
+    if asyncio.events._get_running_loop() is not None:
+        raise RuntimeError("aiouring.run() cannot be called from a running event loop")
+
     def factory() -> asyncio.AbstractEventLoop:
         return new_event_loop(strict=strict, **ring_options)
 
