@@ -128,6 +128,7 @@ OPCODE_NAMES = {
 uapi = types.SimpleNamespace(**{name: getattr(lib, name) for name in dir(lib) if name.isupper()})
 
 _strerror = os.strerror
+_pbuf_recycle = lib.aiou_pbuf_recycle
 _U64_MASK = (1 << 64) - 1
 
 
@@ -651,15 +652,35 @@ class BufferRing:
         self.buffer_size = buffer_size
         self._base = self._pb.base
         self._closed = False
-        self.recycle = lambda bid, _recycle=lib.aiou_pbuf_recycle, _pb=self._pb: _recycle(_pb, bid)
+
+    # A late CQE may name a buffer after its ring is gone (closed, or left
+    # behind in the parent by fork), and a wrong bid would point the kernel at
+    # memory that is no buffer: each is a crash or silent corruption, so each
+    # access is checked. The checks are a few comparisons per receive.
+
+    def recycle(self, bid: int) -> None:
+        """Give buffer ``bid`` back to the kernel."""
+        if _pbuf_recycle(self._pb, bid):
+            self._check_access(bid, 0)
+            raise RuntimeError("aiouring internal error: buffer recycle refused; please report")
 
     def read(self, bid: int, length: int) -> bytes:
         """Copy ``length`` bytes out of buffer ``bid``."""
+        self._check_access(bid, length)
         return ffi.unpack(self._base + bid * self.buffer_size, length)
 
     def view(self, bid: int, length: int):
         """A buffer object over buffer ``bid`` (valid only until it is recycled)."""
+        self._check_access(bid, length)
         return ffi.buffer(self._base + bid * self.buffer_size, length)
+
+    def _check_access(self, bid: int, length: int) -> None:
+        if self._closed:
+            raise RingClosedError(f"buffer ring {self.group_id} is closed")
+        if not 0 <= bid < self.entries:
+            raise ValueError(f"buffer id {bid} is not in this ring (0..{self.entries - 1})")
+        if not 0 <= length <= self.buffer_size:
+            raise ValueError(f"length {length} does not fit a {self.buffer_size}-byte buffer")
 
     def close(self) -> None:
         if self._closed:

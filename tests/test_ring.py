@@ -705,3 +705,63 @@ def test_buffer_ring_recv_picks_a_buffer_and_recycles(ring):
 def test_buffer_ring_bad_shapes_are_refused(ring, entries, size):
     with pytest.raises(ValueError):
         ring.buffer_ring(1, entries, size)
+
+
+# A late CQE can carry a buffer id after its buffer ring (or the whole ring)
+# was closed; giving it back must raise, not crash. Run in a child process so
+# that a crash fails this test instead of killing the test run.
+_LATE_BUFFER = """
+import sys
+from aiouring.ring import Ring
+from aiouring.errors import RingClosedError
+r = Ring(8)
+br = r.buffer_ring(1, 4, 64)
+if sys.argv[1] == "ring":
+    r.close()
+else:
+    br.close()
+for call in (lambda: br.recycle(0), lambda: br.read(0, 4), lambda: br.view(0, 4)):
+    try:
+        call()
+        sys.exit(3)
+    except RingClosedError:
+        pass
+"""
+
+
+@pytest.mark.parametrize("closed", ["buffer_ring", "ring"])
+def test_buffer_ring_used_after_close_raises_instead_of_crashing(closed):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", _LATE_BUFFER, closed], capture_output=True, timeout=30)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr.decode()[-2000:])
+
+
+def test_forked_child_cannot_touch_the_parents_buffer_ring(ring):
+    br = ring.buffer_ring(2, 4, 64)
+
+    def child():
+        for call in (lambda: br.recycle(0), lambda: br.read(0, 4)):
+            try:
+                call()
+                return 20
+            except RingClosedError:
+                pass
+        return 0
+    assert _fork_and_wait(child) == 0
+    br.recycle(0)       # the parent's is untouched
+
+
+def test_buffer_ring_refuses_ids_and_lengths_it_never_handed_out(ring):
+    br = ring.buffer_ring(4, 4, 64)
+    # A bid beyond the ring would point the kernel at memory that is not a
+    # buffer, and the next recv would write there.
+    for bid in (4, 1000, -1):
+        with pytest.raises((ValueError, OverflowError)):
+            br.recycle(bid)
+    for bid, length in ((4, 1), (-1, 1), (0, 65), (0, -1)):
+        with pytest.raises(ValueError):
+            br.read(bid, length)
+        with pytest.raises(ValueError):
+            br.view(bid, length)
+    assert br.read(3, 64) == bytes(64)

@@ -197,7 +197,7 @@ int aiou_probe(struct aiou_ring *r, uint8_t *supported, unsigned n);
 
 int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid,
                     unsigned entries, unsigned buf_size);
-void aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid);
+int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid);
 int aiou_pbuf_free(struct aiou_ring *r, struct aiou_pbuf *pb);
 void aiou_pbuf_forget(struct aiou_pbuf *pb);
 

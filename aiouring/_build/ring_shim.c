@@ -828,14 +828,21 @@ int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid, un
     return 0;
 }
 
-void aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid)
+int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid)
 {
+    /* A freed ring has no memory left to write to; a bid we never handed
+     * out would make the kernel receive into whatever lies past the buffers. */
+    if (!pb->ring)
+        return -EBADF;
+    if (bid >= pb->entries)
+        return -EINVAL;
     struct aiou_buf *b = &pb->ring[pb->tail & pb->mask];
     b->addr = (uint64_t)(uintptr_t)(pb->base + (size_t)bid * pb->buf_size);
     b->len = pb->buf_size;
     b->bid = bid;
     pb->tail++;
     __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
+    return 0;
 }
 
 int aiou_pbuf_free(struct aiou_ring *r, struct aiou_pbuf *pb)
