@@ -13,6 +13,8 @@ import re
 import shutil
 import signal
 import subprocess
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -95,6 +97,91 @@ def test_gunicorn_worker_serves_on_aiouring():
     assert srv.output.count("Worker exiting") == 2, srv.output
 
 
+def test_gunicorn_worker_recycles_with_max_requests():
+    # --max-requests makes each worker close its aiouring loop and exit after a
+    # few requests, and the arbiter fork a new one: serving must go on, on
+    # aiouring, without a traceback from closing a loop with a live server.
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("aiohttp")
+    cmd = [str(BIN / "gunicorn"), "--chdir", str(EXAMPLES), "aiohttp_app:app_factory",
+           "--worker-class", "aiouring.worker.GunicornWebWorker", "--workers", "1",
+           "--max-requests", "3", "--bind", "127.0.0.1:0", "--graceful-timeout", "5", *_gunicorn_extra_args()]
+    with Server(cmd, r"Listening at: http://127\.0\.0\.1:(\d+)") as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        pids = set()
+        # aiohttp's worker looks at its request count once a second.
+        deadline = time.monotonic() + 60
+        while len(pids) < 3 and time.monotonic() < deadline:
+            answer = _retry_while_recycling(lambda: _get(base + "/loop"))
+            assert answer["loop"] == "aiouring.loop"
+            pids.add(answer["pid"])
+            time.sleep(0.1)
+        assert len(pids) == 3, srv.output    # two workers were replaced
+        assert srv.stop() == 0, srv.output
+    assert "Max requests, shutting down" in srv.output, srv.output
+    assert "Traceback" not in srv.output, srv.output
+
+
+def _retry_while_recycling(request, attempts: int = 50):
+    # Between a worker's exit and its successor's first accept, connections
+    # wait in the shared listen backlog; a connection the old worker accepted
+    # but did not serve is reset. Retry those, as a client of gunicorn would.
+    for _ in range(attempts):
+        try:
+            return request()
+        except (ConnectionError, urllib.error.URLError) as exc:
+            last = exc
+            time.sleep(0.1)
+    raise AssertionError(f"no answer after {attempts} attempts: {last!r}")
+
+
+# ---- in a container that blocks io_uring (seccomp, as Docker >= 25) -------------
+
+_BLOCKED_LAUNCHER = """
+import sys
+from tests.helpers.seccomp import block_io_uring
+block_io_uring()
+sys.argv = {argv!r}
+{entry}
+"""
+
+
+def _blocked(argv: list, entry: str) -> list:
+    return [PYTHON, "-c", _BLOCKED_LAUNCHER.format(argv=argv, entry=entry)]
+
+
+def _gunicorn_blocked(workers: int) -> list:
+    argv = ["gunicorn", "--chdir", str(EXAMPLES), "aiohttp_app:app_factory",
+            "--worker-class", "aiouring.worker.GunicornWebWorker", "--workers", str(workers),
+            "--bind", "127.0.0.1:0", "--graceful-timeout", "5", *_gunicorn_extra_args()]
+    return _blocked(argv, "from gunicorn.app.wsgiapp import run\nsys.exit(run())")
+
+
+def test_gunicorn_worker_falls_back_where_io_uring_is_blocked():
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("aiohttp")
+    with Server(_gunicorn_blocked(2), r"Listening at: http://127\.0\.0\.1:(\d+)",
+                env=child_env(AIOURING_STRICT="0")) as srv:
+        srv._wait_for(re.compile(r"(?s)(UringFallbackWarning.*){2}"), 60)
+        answers = [_get(f"http://127.0.0.1:{srv.port}/loop") for _ in range(4)]
+        assert {a["loop"] for a in answers} == {"asyncio.unix_events"}
+        assert srv.stop() == 0, srv.output
+    # One warning per worker process, naming the cause.
+    assert srv.output.count("UringFallbackWarning") == 2, srv.output
+    assert "seccomp" in srv.output
+
+
+def test_gunicorn_worker_strict_fails_to_boot_where_io_uring_is_blocked():
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("aiohttp")
+    done = subprocess.run(_gunicorn_blocked(1), env=child_env(AIOURING_STRICT="1"),
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    # gunicorn halts with WORKER_BOOT_ERROR (3) instead of respawning forever.
+    assert done.returncode == 3, output
+    assert "io_uring is unavailable" in output and "UringUnavailableError" in output, output
+
+
 # ---- uvicorn --loop aiouring:new_event_loop ------------------------------------
 
 def test_uvicorn_http_and_websocket():
@@ -114,6 +201,30 @@ def test_uvicorn_http_and_websocket():
         assert srv.stop() == 0, srv.output
     assert "Traceback" not in srv.output, srv.output
     assert "Application shutdown complete" in srv.output, srv.output
+
+
+def _uvicorn_blocked() -> list:
+    argv = ["uvicorn", "--app-dir", str(EXAMPLES), "asgi_app:app", "--loop", "aiouring:new_event_loop",
+            "--host", "127.0.0.1", "--port", "0"]
+    return _blocked(argv, "from uvicorn.main import main\nmain()")
+
+
+def test_uvicorn_falls_back_where_io_uring_is_blocked():
+    pytest.importorskip("uvicorn")
+    with Server(_uvicorn_blocked(), r"running on http://127\.0\.0\.1:(\d+)", stop_signal=signal.SIGINT,
+                env=child_env(AIOURING_STRICT="0")) as srv:
+        assert _get(f"http://127.0.0.1:{srv.port}/") == {"loop": "asyncio.unix_events"}
+        assert srv.stop() == 0, srv.output
+    assert srv.output.count("UringFallbackWarning") == 1 and "seccomp" in srv.output, srv.output
+
+
+def test_uvicorn_strict_exits_where_io_uring_is_blocked():
+    pytest.importorskip("uvicorn")
+    done = subprocess.run(_uvicorn_blocked(), env=child_env(AIOURING_STRICT="1"),
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "UringUnavailableError: io_uring is unavailable" in output, output
 
 
 # ---- pytest-asyncio ------------------------------------------------------------
