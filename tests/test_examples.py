@@ -8,12 +8,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +169,22 @@ def test_static_server(loop_name, tmp_path):
         assert _http_get_raw(srv.port, "/../secret")[0] == "HTTP/1.0 403 Forbidden"
         assert srv.stop() == 0, srv.output
         assert "Traceback" not in srv.output, srv.output
+
+
+def test_every_example_is_documented_and_tested():
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    this_file = Path(__file__).read_text() + (Path(__file__).parent / "test_ecosystem.py").read_text()
+    examples = sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+    assert examples
+    for name in examples:
+        assert f"(examples/{name})" in readme, f"{name} is not in the README's examples table"
+        assert f'"{name}"' in this_file or f'"{name[:-3]}:' in this_file or f'"{name[:-3]}"' in this_file, \
+            f"no test runs {name}"
+
+
+def test_readme_python_snippets_compile():
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(snippets) >= 4
+    for snippet in snippets:
+        compile(snippet, "README.md", "exec")
