@@ -38,12 +38,15 @@ def reserved_huge_pages():
     """Make sure at least 8 free 2 MiB hugetlb pages exist, restoring the pool
     size afterwards.
 
-    The pool is machine-wide and other processes may be using it, so we grow
-    it by what we need rather than setting an absolute number, and put back
-    exactly the old value even if the test fails. /proc/sys/vm/nr_hugepages
-    only sizes the *default* huge page pool, which can be 1 GiB; aiouring
-    asks for 2 MiB pages explicitly, so we size that pool through sysfs when
-    the default differs.
+    The pool is machine-wide and other processes (other test runs too) may
+    be using or resizing it, so we grow it by what we need rather than set an
+    absolute number, and afterwards take back exactly what we added, even if
+    the test fails: alone, that restores the previous value; beside another
+    run that resized the pool meanwhile, it does not undo that run's change.
+
+    /proc/sys/vm/nr_hugepages only sizes the *default* huge page pool, which
+    can be 1 GiB; aiouring asks for 2 MiB pages explicitly, so we size that
+    pool through sysfs when the default differs.
     """
     if os.geteuid() != 0:
         pytest.skip("reserving huge pages needs root")
@@ -54,7 +57,7 @@ def reserved_huge_pages():
     else:
         knob = _POOL_2MB + "nr_hugepages"
     want_free = 8
-    previous = _read_int(knob)
+    added = 0
     try:
         # Pages of a ring closed a moment ago may still be held: io_uring
         # unpins its memory from a kernel worker after close() returns, and
@@ -64,7 +67,9 @@ def reserved_huge_pages():
             free = _read_int(_POOL_2MB + "free_hugepages")
             if free >= want_free:
                 break
-            _write_int(knob, _read_int(knob) + want_free - free)
+            before = _read_int(knob)
+            _write_int(knob, before + want_free - free)
+            added += _read_int(knob) - before   # what the kernel really granted
         free = _read_int(_POOL_2MB + "free_hugepages")
         if free < want_free:
             # The kernel grants what it can find contiguous; a fragmented
@@ -72,4 +77,5 @@ def reserved_huge_pages():
             pytest.skip(f"the kernel could only reserve {free} free 2 MiB huge pages")
         yield free
     finally:
-        _write_int(knob, previous)
+        if added:
+            _write_int(knob, max(0, _read_int(knob) - added))

@@ -208,7 +208,9 @@ def test_report_with_reserved_huge_pages(reserved_huge_pages):
     ring = rep["ring"]
     assert ring["backing"] == "hugetlb" and rep["attempts"] == [{"backing": "hugetlb", "error": None}]
     assert ring["page_size_kb"] == 2048 and ring["huge_page_backed"]
-    assert rep["huge_pages"]["hugetlb_2mb_free"] >= 8
+    # The pool is machine-wide: only say the report saw one, not how many
+    # other processes left free.
+    assert rep["huge_pages"]["hugetlb_2mb_total"] >= 1
     proc = run()
     assert proc.returncode == 0
     assert "ring memory: hugetlb" in proc.stdout and "page size 2048 kB" in proc.stdout
