@@ -135,6 +135,31 @@ def _retry_while_recycling(request, attempts: int = 50):
     raise AssertionError(f"no answer after {attempts} attempts: {last!r}")
 
 
+def test_gunicorn_with_uvicorn_workers_on_aiouring(tmp_path):
+    # The README's recipe for ASGI apps under gunicorn: uvicorn's worker class
+    # with aiouring's loop factory in CONFIG_KWARGS.
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("uvicorn")
+    (tmp_path / "aiouring_uvicorn_worker.py").write_text(
+        "import warnings\n"
+        "with warnings.catch_warnings():\n"
+        "    warnings.simplefilter('ignore', DeprecationWarning)   # uvicorn.workers moved to uvicorn-worker\n"
+        "    from uvicorn.workers import UvicornWorker\n\n"
+        "class AiouringUvicornWorker(UvicornWorker):\n"
+        "    CONFIG_KWARGS = {'loop': 'aiouring:new_event_loop', 'http': 'auto'}\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    cmd = [str(BIN / "gunicorn"), "--chdir", str(EXAMPLES), "asgi_app:app",
+           "--worker-class", "aiouring_uvicorn_worker.AiouringUvicornWorker", "--workers", "2",
+           "--bind", "127.0.0.1:0", "--graceful-timeout", "5", *_gunicorn_extra_args()]
+    with Server(cmd, r"Listening at: http://127\.0\.0\.1:(\d+)", env=env) as srv:
+        srv._wait_for(re.compile(r"(?s)(Application startup complete.*){2}"), 60)
+        answers = [_get(f"http://127.0.0.1:{srv.port}/") for _ in range(6)]
+        assert answers == [{"loop": "aiouring.loop"}] * 6
+        assert srv.stop() == 0, srv.output
+    assert "Traceback" not in srv.output, srv.output
+
+
 # ---- in a container that blocks io_uring (seccomp, as Docker >= 25) -------------
 
 _BLOCKED_LAUNCHER = """
