@@ -72,6 +72,10 @@ default_cq_entries = 16384
 # iteration, which then does not wait.
 _REAP_BATCH = 4096
 _KERNEL_MAX_SQ = 32768
+# When the default-sized ring cannot be pinned (ENOMEM: RLIMIT_MEMLOCK, 64 KiB
+# in many containers), halve it down to this before giving up: 64 SQEs only
+# mean more flushes per iteration, which beats no io_uring at all.
+_MIN_SQ_ON_ENOMEM = 64
 _KERNEL_MAX_CQ = 65536
 
 BACKINGS = ("hugetlb", "thp", "pages", "kernel")
@@ -288,6 +292,8 @@ class Ring:
         huge_pages: bool = True,
     ) -> None:
         _check_entries("sq_entries", sq_entries, _KERNEL_MAX_SQ)
+        # Only sizes the caller left to us may shrink on ENOMEM.
+        may_shrink = sq_entries == default_sq_entries and cq_entries is None
         if cq_entries is None:
             # 4x the SQ, but never past the kernel's CQ limit: SQ 32768 (its
             # own maximum) would otherwise ask for an impossible CQ of 131072.
@@ -315,13 +321,25 @@ class Ring:
             order = BACKINGS
         else:
             order = ("pages", "kernel")
-        self._setup(sq_entries, cq_entries, tuple(order))
+        self._setup(sq_entries, cq_entries, tuple(order), may_shrink)
         self._closed = False
         _live_rings.add(self)
 
     # ---- setup ------------------------------------------------------------
 
-    def _setup(self, sq_entries: int, cq_entries: int, order: tuple) -> None:
+    def _setup(self, sq_entries: int, cq_entries: int, order: tuple, may_shrink: bool = False) -> None:
+        while True:
+            try:
+                return self._setup_sized(sq_entries, cq_entries, order)
+            except OSError as exc:
+                if not (may_shrink and exc.errno == _errno.ENOMEM and sq_entries > _MIN_SQ_ON_ENOMEM):
+                    raise
+            self._fallbacks.append(("size", f"ENOMEM: SQ {sq_entries} / CQ {cq_entries} could not be "
+                                            "pinned (RLIMIT_MEMLOCK?); trying half"))
+            sq_entries //= 2
+            cq_entries //= 2
+
+    def _setup_sized(self, sq_entries: int, cq_entries: int, order: tuple) -> None:
         last_err = 0
         for backing in order:
             optional = list(_OPTIONAL_FLAGS)
@@ -346,8 +364,15 @@ class Ring:
         raise explain_unavailable(last_err)
 
     def _enable(self) -> None:
-        """Enable the ring in this thread, which becomes its only submitter."""
-        check(lib.aiou_enable(self._r, 1))
+        """Enable the ring in this thread, which becomes its only submitter.
+
+        The ring fd is deliberately not registered (REGISTER_RING_FDS): the
+        registration lives in this thread's io_uring context and holds a
+        reference that only this thread can drop, so a close() from any other
+        thread would leave the ring, its pinned memory and its in-flight
+        operations alive until this thread exits. An fd lookup per enter is
+        the cheaper price."""
+        check(lib.aiou_enable(self._r, 0))
         self._owner = threading.get_ident()
 
     def _ensure_usable(self) -> None:

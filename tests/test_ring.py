@@ -767,11 +767,9 @@ def test_buffer_ring_refuses_ids_and_lengths_it_never_handed_out(ring):
     assert br.read(3, 64) == bytes(64)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known, not fixed: the ring fd is registered (REGISTER_RING_FDS) in the owner thread's "
-    "io_uring context, which only that thread can unregister; close() from another thread "
-    "drops the fd but the registered reference keeps the ring and its in-flight operations "
-    "alive until the owner thread exits"))
+# Regression: with the ring fd registered (REGISTER_RING_FDS) in the owner
+# thread, close() from another thread left the ring and its in-flight
+# operations alive until the owner thread exited. The fd is no longer registered.
 def test_close_from_another_thread_releases_the_ring():
     r = Ring(8)
     a, b = socket.socketpair()
