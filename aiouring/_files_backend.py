@@ -61,6 +61,24 @@ _INPLACE_READ_MIN = 16 * 1024
 _MAX_RW = 0x7FFFF000
 
 _STAT_FIELDS = os.stat_result.n_fields
+_IOSQE_ASYNC = uapi.IOSQE_ASYNC
+
+
+try:
+    import ctypes
+
+    _new_bytes_uninitialized = ctypes.pythonapi.PyBytes_FromStringAndSize
+    _new_bytes_uninitialized.restype = ctypes.py_object
+    _new_bytes_uninitialized.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+    def _fresh_bytes(n: int) -> bytes:
+        # PyBytes_FromStringAndSize(NULL, n): a new bytes object whose
+        # contents are uninitialized (documented C API). bytes(n) would zero
+        # it first, and for large n calloc hands out fresh pages that fault
+        # in one by one: together more than the read itself costs.
+        return _new_bytes_uninitialized(None, n)
+except (ImportError, AttributeError):   # not CPython: zeroed, correct, slower
+    _fresh_bytes = bytes
 
 
 def _encode_path(path) -> bytes:
@@ -154,6 +172,10 @@ class ThreadFileOps:
         # it inline means a cancelled close cannot leave the fd half-owned.
         os.close(fd)
 
+    def close_nowait(self, fd: int) -> None:
+        """Close an fd whose close result nobody needs (read-only files)."""
+        os.close(fd)
+
     async def stat(self, path, follow_symlinks: bool = True) -> os.stat_result:
         return await self._call(lambda: os.stat(path, follow_symlinks=follow_symlinks))
 
@@ -182,6 +204,21 @@ class ThreadFileOps:
         await self._call(os.symlink, src, dst)
 
 
+class _BigReadOp(FutureOp):
+    """A large read: its final CQE, whatever it says, takes it off the count
+    of large reads in flight."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner, fut, keep, finish, on_late) -> None:
+        super().__init__(fut, keep, finish, on_late)
+        self.owner = owner
+
+    def __call__(self, res: int, flags: int) -> None:
+        self.owner._big_reads -= 1
+        super().__call__(res, flags)
+
+
 class RingFileOps(ThreadFileOps):
     """The primitives on an aiouring loop's ring; the thread versions remain
     for opcodes this kernel lacks."""
@@ -194,18 +231,22 @@ class RingFileOps(ThreadFileOps):
         self._ring = ring
         self._ops = loop._ops
         self._has = ring.probe()
+        self._big_reads = 0     # large reads in flight (see start_read)
 
     # ---- submission -------------------------------------------------------
 
     def _start(self, opcode: int, fd: int, addr, length: int, off: int, op_flags: int,
-               keep=None, finish=None, on_late=None, addr2=None):
+               keep=None, finish=None, on_late=None, addr2=None, sqe_flags: int = 0, op_class=None):
         """Queue one SQE; return (future, user_data). The SQE reaches the
         kernel with the loop's next io_uring_enter."""
         fut = self._loop.create_future()
-        ud = self._ops.register(FutureOp(fut, keep, finish, on_late))
+        if op_class is None:
+            ud = self._ops.register(FutureOp(fut, keep, finish, on_late))
+        else:
+            ud = self._ops.register(op_class(self, fut, keep, finish, on_late))
         try:
             if addr2 is None:
-                self._ring.prep(opcode, fd, addr, length, off, op_flags, ud)
+                self._ring.prep(opcode, fd, addr, length, off, op_flags, ud, sqe_flags)
             else:
                 self._ring.prep2(opcode, fd, addr, length, addr2, op_flags, ud)
         except BaseException:
@@ -278,10 +319,17 @@ class RingFileOps(ThreadFileOps):
             # A fresh bytes object nobody else can see until the CQE resolves
             # the future (and never, if cancelled): the kernel fills it in
             # place, as CPython's FileIO.read fills the bytes it returns.
-            buf = bytes(n)
+            buf = _fresh_bytes(n)
             ptr = Ring.pointer(buf)
-            finish = (lambda res, buf=buf, n=n: buf if res == n else buf[:res])
-            return self._start(uapi.IORING_OP_READ, fd, ptr, n, offset, 0, keep=(buf, ptr), finish=finish)
+            # Several large reads at once: IOSQE_ASYNC sends them to io-wq
+            # workers, so the copies run on several CPUs instead of one after
+            # the other inside this thread's io_uring_enter. A lone read stays
+            # inline (no thread hand-off).
+            self._big_reads += 1
+            sqe_flags = _IOSQE_ASYNC if self._big_reads > 1 else 0
+            return self._start(uapi.IORING_OP_READ, fd, ptr, n, offset, 0, keep=(buf, ptr),
+                               finish=(lambda res, buf=buf, n=n: buf if res == n else buf[:res]),
+                               sqe_flags=sqe_flags, op_class=_BigReadOp)
         cbuf = Ring.alloc("char[]", n or 1)
         return self._start(uapi.IORING_OP_READ, fd, cbuf, n, offset, 0, keep=cbuf,
                            finish=(lambda res, cbuf=cbuf: Ring.unpack(cbuf, res)))
@@ -332,6 +380,16 @@ class RingFileOps(ThreadFileOps):
         # A close cannot be taken back: a cancelled caller still gets the fd
         # closed, and the CQE is awaited only by whoever is not cancelled.
         await asyncio.shield(fut)
+
+    def close_nowait(self, fd: int) -> None:
+        """Queue a CLOSE and don't wait for it: it rides along with the next
+        io_uring_enter. Only for fds whose close cannot report anything
+        useful (read-only regular files)."""
+        if uapi.IORING_OP_CLOSE not in self._has:
+            os.close(fd)
+            return
+        fut, _ud = self._start(uapi.IORING_OP_CLOSE, fd, Ring.null, 0, 0, 0)
+        fut.add_done_callback(_ignore_result)
 
     # ---- metadata and paths -----------------------------------------------
 
@@ -405,6 +463,11 @@ class RingFileOps(ThreadFileOps):
 # linkat(2)'s flag to follow a symlink source (os.link's default); the C layer
 # does not export it, and it is a stable ABI value.
 _AT_SYMLINK_FOLLOW = 0x400
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()    # retrieved: no "exception was never retrieved" log
+
 
 def _no_cancel() -> None:
     """A write already running in a thread cannot be taken back."""

@@ -36,6 +36,8 @@ Cancellation
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
 import io
 import os
 import warnings
@@ -43,6 +45,53 @@ from typing import Optional
 
 _CancelledError = asyncio.CancelledError
 _UnsupportedOperation = io.UnsupportedOperation
+
+
+class _StreamLock:
+    """A FIFO lock for one stream's operations, with a synchronous fast path
+    (``try_acquire``) for the common uncontended case: a stream read then costs
+    no extra coroutine or future when nobody else is using the stream."""
+
+    __slots__ = ("locked", "_waiters")
+
+    def __init__(self) -> None:
+        self.locked = False
+        self._waiters: collections.deque = collections.deque()
+
+    def try_acquire(self) -> bool:
+        if self.locked:
+            return False
+        self.locked = True
+        return True
+
+    async def acquire(self) -> None:
+        if not self.locked:
+            self.locked = True
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter       # release() hands the lock over by resolving it
+        except _CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()   # handed over just as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)   # still locked: ownership moves to the waiter
+                return
+        self.locked = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        self.release()
 
 
 class BinaryFile:
@@ -70,7 +119,7 @@ class BinaryFile:
         self._roff = 0
         self._wbuf = bytearray()
         self._wstart = 0
-        self._lock = asyncio.Lock()
+        self._lock = _StreamLock()
         self._late_write: Optional[asyncio.Future] = None
         self._seekable: Optional[bool] = None
         if appending:
@@ -216,6 +265,18 @@ class BinaryFile:
         self._check_closed("read of closed file")
         if size is None:
             size = -1
+        if (size > 0 and self._buffer_size and not self._wbuf and self._late_write is None
+                and self._lock.try_acquire()):
+            # The common case, without the general path's layers: buffered
+            # bytes, or one kernel read at the position.
+            try:
+                avail = len(self._rbuf) - self._roff
+                if size <= avail:
+                    return self._take(size)
+                if avail == 0:
+                    return await self._read_direct(size)
+            finally:
+                self._lock.release()
         async with self._lock:
             self._check_closed("read of closed file")
             await self._prepare_read()
@@ -227,6 +288,35 @@ class BinaryFile:
             except BaseException:
                 self._pos, self._rbuf, self._roff = saved
                 raise
+
+    async def _read_direct(self, size: int) -> bytes:
+        """With an empty read buffer: one kernel read (of ``size`` bytes, or
+        of a buffer's worth to keep the rest as read-ahead); short only at EOF,
+        where the general path would also stop."""
+        want = size if size >= self._buffer_size else self._buffer_size
+        fut, cancel = self._io.start_read(self._fd, want, self._pos)
+        try:
+            data = await fut
+        except _CancelledError:
+            cancel()
+            raise
+        n = len(data)
+        if n < want and n < size and n:
+            # Short but not empty: maybe not EOF (a file growing, a pipe);
+            # let the general path loop for the rest.
+            start = self._pos
+            self._rbuf, self._roff = data, 0
+            try:
+                return await self._read_unlocked(size)
+            except BaseException:
+                self._pos, self._rbuf, self._roff = start, b"", 0   # as if not called
+                raise
+        if n > size:
+            self._rbuf, self._roff = data, size
+            self._pos += size
+            return data[:size]
+        self._pos += n
+        return data
 
     async def _read_unlocked(self, size: int) -> bytes:
         if size < 0:
@@ -438,6 +528,14 @@ class BinaryFile:
         if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):
             raise ValueError(f"whence value {whence} unsupported")
         offset = offset.__index__()
+        if whence <= os.SEEK_CUR and not self._wbuf and self._late_write is None and not self._lock.locked:
+            # Nothing to flush and nobody mid-operation: no await needed.
+            target = offset + self._pos if whence == os.SEEK_CUR else offset
+            if target < 0:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))   # what lseek says
+            self._rbuf, self._roff = b"", 0
+            self._pos = self._wstart = target
+            return target
         async with self._lock:
             self._check_closed("seek of closed file")
             await self._flush_unlocked()

@@ -290,24 +290,41 @@ async def _read_range(ops, fd: int, start: int, length: int) -> list:
 async def read_bytes(path) -> bytes:
     """The whole file, as ``Path.read_bytes``: big files are read with several
     reads in flight."""
-    async with open(path, "rb", buffering=0) as f:
-        fd = f.fileno()
-        ops = f._io
+    ops = file_ops()
+    if isinstance(path, int):
+        raise TypeError("read_bytes() needs a path, not a file descriptor")
+    path = os.fspath(path)
+    fd = await ops.open(path, os.O_RDONLY | os.O_CLOEXEC, 0)
+    try:
         st = os.fstat(fd)
+        if _stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, os.strerror(21), path)
         size = st.st_size
         if size == 0 or not _stat.S_ISREG(st.st_mode):
-            return await f.read()    # no trustworthy size: read until EOF
+            return await _read_to_eof(ops, fd, 0)     # no trustworthy size
         # Everything stat promised plus a probe past it, in one submission. A
-        # regular file reads short only at its end, so an empty probe is EOF.
+        # regular file reads short only at its end, so a short read is EOF.
         pieces = await _read_range(ops, fd, 0, size + 1)
         got = sum(map(len, pieces))
-        while got > size:    # the file grew meanwhile
-            more = await ops.read(fd, _PIECE, got)
-            if not more:
-                break
-            pieces.append(more)
-            got += len(more)
+        if got > size:    # the file grew meanwhile
+            pieces.append(await _read_to_eof(ops, fd, got))
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    finally:
+        # Read-only: closing can't fail in a way that matters, so the close
+        # goes with the next submission instead of costing a round trip.
+        ops.close_nowait(fd)
+
+
+async def _read_to_eof(ops, fd: int, offset: int) -> bytes:
+    pieces = []
+    n = 64 * 1024
+    while True:
+        data = await ops.read(fd, n, offset)
+        if not data:
+            return b"".join(pieces)
+        pieces.append(data)
+        offset += len(data)
+        n = _PIECE
 
 
 async def read_text(path, encoding=None, errors=None, newline=None) -> str:
