@@ -80,6 +80,8 @@ def test_wheel_is_abi3_and_complete(wheel):
     assert not any(n.startswith(("tests/", "examples/", "bench/")) for n in names)
     assert "Requires-Python: >=3.10" in metadata
     assert "Classifier: Operating System :: POSIX :: Linux" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+    assert "License-Expression: MIT" in metadata
     assert re.search(r"^Requires-Dist: cffi", metadata, re.M)
 
 
