@@ -135,6 +135,30 @@ def _retry_while_recycling(request, attempts: int = 50):
     raise AssertionError(f"no answer after {attempts} attempts: {last!r}")
 
 
+def test_gunicorn_worker_with_preload_and_a_loop_made_in_the_arbiter(tmp_path):
+    # With --preload the app module is imported in the arbiter before the fork;
+    # one that sets an aiouring loop there hands every worker a loop whose ring
+    # belongs to the arbiter. The worker must not use it: it closes it and
+    # serves on a loop of its own.
+    pytest.importorskip("gunicorn")
+    pytest.importorskip("aiohttp")
+    (tmp_path / "preloaded_app.py").write_text(
+        "import asyncio\nimport aiouring\nfrom aiohttp_app import app_factory  # noqa: F401\n"
+        "asyncio.set_event_loop(aiouring.new_event_loop())\n")
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES), env["PYTHONPATH"]])
+    cmd = [str(BIN / "gunicorn"), "--chdir", str(tmp_path), "preloaded_app:app_factory", "--preload",
+           "--worker-class", "aiouring.worker.GunicornWebWorker", "--workers", "2",
+           "--bind", "127.0.0.1:0", "--graceful-timeout", "5", *_gunicorn_extra_args()]
+    with Server(cmd, r"Listening at: http://127\.0\.0\.1:(\d+)", env=env) as srv:
+        srv._wait_for(re.compile(r"(?s)(Booting worker.*){2}"), 60)
+        answers = [_get(f"http://127.0.0.1:{srv.port}/loop") for _ in range(6)]
+        assert {a["loop"] for a in answers} == {"aiouring.loop"}
+        assert srv.stop() == 0, srv.output
+    assert "Traceback" not in srv.output, srv.output
+    assert srv.output.count("Worker exiting") == 2, srv.output
+
+
 def test_gunicorn_with_uvicorn_workers_on_aiouring(tmp_path):
     # The README's recipe for ASGI apps under gunicorn: uvicorn's worker class
     # with aiouring's loop factory in CONFIG_KWARGS.
