@@ -76,6 +76,8 @@ _KERNEL_MAX_SQ = 32768
 # in many containers), halve it down to this before giving up: 64 SQEs only
 # mean more flushes per iteration, which beats no io_uring at all.
 _MIN_SQ_ON_ENOMEM = 64
+# Ring()'s default SQ size, told apart from an explicit default_sq_entries.
+_DEFAULT_SQ = object()
 _KERNEL_MAX_CQ = 65536
 
 BACKINGS = ("hugetlb", "thp", "pages", "kernel")
@@ -285,15 +287,17 @@ class Ring:
 
     def __init__(
         self,
-        sq_entries: int = default_sq_entries,
+        sq_entries: int = _DEFAULT_SQ,   # type: ignore[assignment]
         cq_entries: Optional[int] = None,
         *,
         backing: Optional[str] = None,
         huge_pages: bool = True,
     ) -> None:
-        _check_entries("sq_entries", sq_entries, _KERNEL_MAX_SQ)
         # Only sizes the caller left to us may shrink on ENOMEM.
-        may_shrink = sq_entries == default_sq_entries and cq_entries is None
+        may_shrink = sq_entries is _DEFAULT_SQ and cq_entries is None
+        if sq_entries is _DEFAULT_SQ:
+            sq_entries = default_sq_entries
+        _check_entries("sq_entries", sq_entries, _KERNEL_MAX_SQ)
         if cq_entries is None:
             # 4x the SQ, but never past the kernel's CQ limit: SQ 32768 (its
             # own maximum) would otherwise ask for an impossible CQ of 131072.
