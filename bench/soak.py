@@ -13,12 +13,13 @@ connection in one of several ways (close, reset mid-transfer, half-close,
 abandoning unread echo) and reconnects. Not part of the normal test run.
 
 What is reported: RSS, open fds and operations in flight at the start (after a
-warm-up), at the end of the load, and after every client has gone (quiescent);
+warm-up), half-way, at the end of the load, and after every client has gone (quiescent);
 bytes echoed, connections made, verification failures, exception-handler
 calls. The exit status is 1 when a check fails: any corrupted echo, any
 unexpected exception-handler call, fds or operations in flight above their
 starting level once quiescent, or RSS growth above ``--max-rss-growth-mib``
-from the start of the measured window to its end.
+over the second half of the run (the first half fills the heap and touches
+the receive buffer ring's pages as traffic first needs them).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ async def _serve(args, sampler: _Sampler) -> dict:
         stdout=asyncio.subprocess.PIPE)
     warmup = min(20.0, args.duration / 5)
     t0 = time.monotonic()
-    start = None
+    start = mid = None
     while client.returncode is None:
         try:
             await asyncio.wait_for(asyncio.shield(client.wait()), args.sample_every)
@@ -141,6 +142,9 @@ async def _serve(args, sampler: _Sampler) -> dict:
         if start is None and elapsed >= warmup:
             start = sample
             sample["phase"] = "start"
+        elif mid is None and elapsed >= args.duration / 2:
+            mid = sample
+            sample["phase"] = "mid"
         print(f"[{elapsed:6.1f}s] rss {sample['rss_mib']:7.1f} MiB  fds {sample['open_fds']:5d}  "
               f"in flight {sample['ops_in_flight']}  tasks {sample['tasks']}", flush=True)
     end = next((s for s in reversed(sampler.samples) if s["phase"] == "load"), start)
@@ -158,7 +162,7 @@ async def _serve(args, sampler: _Sampler) -> dict:
     stream_server.close()
     await proto_server.wait_closed()
     await stream_server.wait_closed()
-    return {"idle": idle, "start": start, "end": end, "quiescent": quiet,
+    return {"idle": idle, "start": start, "mid": mid, "end": end, "quiescent": quiet,
             "client": client_report, "exception_handler_calls": handler_calls[:20],
             "exception_handler_call_count": len(handler_calls)}
 
@@ -185,20 +189,23 @@ def server_main(args) -> int:
         failures.append(f"{c['errors']} unexpected client errors: {c['error_kinds']}")
     if report["exception_handler_call_count"]:
         failures.append(f"{report['exception_handler_call_count']} exception handler calls")
-    idle, start, end, quiet = report["idle"], report["start"], report["end"], report["quiescent"]
+    idle, mid, end, quiet = report["idle"], report["mid"], report["end"], report["quiescent"]
     if quiet["open_fds"] > idle["open_fds"]:
         failures.append(f"fds: {idle['open_fds']} before load, {quiet['open_fds']} after")
     if idle["ops_in_flight"] is not None and quiet["ops_in_flight"] > idle["ops_in_flight"]:
         failures.append(f"ops in flight: {idle['ops_in_flight']} before load, {quiet['ops_in_flight']} after")
-    if start and end and end["rss_mib"] - start["rss_mib"] > args.max_rss_growth_mib:
-        failures.append(f"RSS grew {end['rss_mib'] - start['rss_mib']:.1f} MiB during the measured window")
+    # Judged over the second half: the first half legitimately grows the heap
+    # and touches the receive buffer ring's pages (32 MiB of address space) as
+    # traffic first needs them; a leak keeps growing after that.
+    if mid and end and end["rss_mib"] - mid["rss_mib"] > args.max_rss_growth_mib:
+        failures.append(f"RSS grew {end['rss_mib'] - mid['rss_mib']:.1f} MiB over the second half")
     report["failures"] = failures
 
     print()
     print(f"loop {args.loop}: {c['connections_made']} connections, {c['messages']} messages, "
           f"{c['bytes'] / 2 ** 20:.0f} MiB echoed, {c['corrupt']} corrupt, churn ends {c['ends']}")
     print(f"{'':12s} {'RSS MiB':>8s} {'fds':>6s} {'in flight':>10s}")
-    for name in ("idle", "start", "end", "quiescent"):
+    for name in ("idle", "start", "mid", "end", "quiescent"):
         s = report[name]
         if s:
             print(f"{name:12s} {s['rss_mib']:8.1f} {s['open_fds']:6d} {str(s['ops_in_flight']):>10s}")
@@ -303,7 +310,8 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=2000)
     p.add_argument("--duration", type=float, default=150.0, help="seconds of load")
     p.add_argument("--sample-every", type=float, default=5.0)
-    p.add_argument("--max-rss-growth-mib", type=float, default=32.0)
+    p.add_argument("--max-rss-growth-mib", type=float, default=8.0,
+                   help="allowed RSS growth from the middle of the run to its end")
     p.add_argument("--json")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", help=argparse.SUPPRESS)
