@@ -59,6 +59,15 @@ def _in_child(body) -> dict:
     return json.loads(data)
 
 
+def _is_mapped(address: int) -> bool:
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return True
+    return False
+
+
 async def _echo_hash_ok(nbytes: int = 200_000) -> bool:
     """A socketpair round trip through the running loop's native sock_* calls."""
     loop = asyncio.get_running_loop()
@@ -89,8 +98,10 @@ def test_child_of_an_idle_loop_gets_a_clear_error_and_can_make_its_own():
     try:
         assert parent.run_until_complete(_echo_hash_ok())
 
+        ring_address = parent._ring.memory_address()
+
         def child():
-            out = {}
+            out = {"ring_memory_mapped": _is_mapped(ring_address)}
             try:
                 parent.run_until_complete(asyncio.sleep(0))
             except RuntimeError as exc:
@@ -104,6 +115,9 @@ def test_child_of_an_idle_loop_gets_a_clear_error_and_can_make_its_own():
             return out
 
         res = _in_child(child)["ok"]
+        if ring_address:   # our own memory (kernel-backed rings have none)
+            assert _is_mapped(ring_address), "the parent's ring memory should be mapped in the parent"
+            assert res["ring_memory_mapped"] is False, "MADV_DONTFORK: the child must not inherit the ring"
         assert "forked child must create its own event loop" in res["run"]
         assert "belongs to the parent process" in res["submit"]
         assert res["echo_ok"] is True
