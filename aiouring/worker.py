@@ -31,14 +31,14 @@ import asyncio
 import warnings
 
 from aiohttp.worker import GunicornWebWorker as _AiohttpGunicornWebWorker
-from gunicorn.workers import base as _gunicorn_base
+from gunicorn.workers import base as _gunicorn_base  # type: ignore[import-untyped]
 
 from .runner import new_event_loop
 
 __all__ = ["GunicornWebWorker"]
 
 
-class GunicornWebWorker(_AiohttpGunicornWebWorker):  # type: ignore[misc]
+class GunicornWebWorker(_AiohttpGunicornWebWorker):
     """aiohttp's gunicorn worker, running each worker process on aiouring."""
 
     def init_process(self) -> None:

@@ -15,13 +15,14 @@ import argparse
 import asyncio
 import hashlib
 import random
+from typing import Iterator, Tuple
 
 from _loops import add_loop_argument, run
 
 _CHUNK = 64 * 1024
 
 
-def _chunks(size: int, seed: int):
+def _chunks(size: int, seed: int) -> Iterator[bytes]:
     # Compressible but not trivial: words from a small vocabulary.
     rng = random.Random(seed)
     words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(512)]
@@ -51,7 +52,7 @@ async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
     await sink.wait_closed()
 
 
-async def _digest(source: asyncio.StreamReader) -> tuple:
+async def _digest(source: asyncio.StreamReader) -> Tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     while chunk := await source.read(_CHUNK):
