@@ -233,12 +233,14 @@ def test_gunicorn_worker_strict_fails_to_boot_where_io_uring_is_blocked():
 
 # ---- uvicorn --loop aiouring:new_event_loop ------------------------------------
 
-def test_uvicorn_http_and_websocket():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_uvicorn_http_and_websocket(workers):
     pytest.importorskip("uvicorn")
     ws_client = pytest.importorskip("websockets.sync.client")
     cmd = [str(BIN / "uvicorn"), "--app-dir", str(EXAMPLES), "asgi_app:app",
-           "--loop", "aiouring:new_event_loop", "--host", "127.0.0.1", "--port", "0"]
+           "--loop", "aiouring:new_event_loop", "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)]
     with Server(cmd, r"running on http://127\.0\.0\.1:(\d+)", stop_signal=signal.SIGINT) as srv:
+        srv._wait_for(re.compile(r"(?s)(Application startup complete.*){%d}" % workers), 60)
         base = f"http://127.0.0.1:{srv.port}"
         assert _get(base + "/") == {"loop": "aiouring.loop"}
         body = os.urandom(2 << 20)
