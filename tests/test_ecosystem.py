@@ -67,6 +67,110 @@ def test_aiohttp_server_and_client(loop):
         assert answer["loop"] == type(loop).__module__
 
 
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (made with the openssl CLI)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                           "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+                           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.mark.parametrize("use_tls", [False, True], ids=["tcp", "tls"])
+def test_aiohttp_streaming_keepalive_and_websockets(loop, use_tls, request):
+    # Long streamed responses over a small keep-alive pool (connections are
+    # reused across requests), and a websocket exchange, optionally over TLS:
+    # the paths a real aiohttp service takes through the loop's transports.
+    web = pytest.importorskip("aiohttp.web")
+    import aiohttp
+    import ssl
+
+    server_ctx = client_ctx = None
+    if use_tls:
+        cert, key = request.getfixturevalue("tls_files")
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+    blob = os.urandom(6 << 20)
+
+    async def download(request):
+        response = web.StreamResponse()
+        await response.prepare(request)
+        view = memoryview(blob)
+        for start in range(0, len(view), 100_000):    # many writes, awaited drains
+            await response.write(view[start:start + 100_000])
+        await response.write_eof()
+        return response
+
+    async def ws_echo(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_bytes(hashlib.sha256(msg.data).digest())
+        return ws
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/blob", download)
+        app.router.add_get("/ws", ws_echo)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+        await site.start()
+        port = runner.addresses[0][1]
+        scheme = "https" if use_tls else "http"
+        try:
+            connector = aiohttp.TCPConnector(limit=2, ssl=client_ctx if use_tls else False)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async def fetch():
+                    digest = hashlib.sha256()
+                    async with session.get(f"{scheme}://127.0.0.1:{port}/blob") as resp:
+                        async for chunk in resp.content.iter_chunked(1 << 16):
+                            digest.update(chunk)
+                    return digest.digest()
+                digests = await asyncio.gather(*(fetch() for _ in range(6)))
+                async with session.ws_connect(f"{scheme}://127.0.0.1:{port}/ws") as ws:
+                    messages = [os.urandom(n) for n in (0, 1, 1000, 300_000)] * 5
+                    for m in messages:
+                        await ws.send_bytes(m)
+                    answers = [(await ws.receive_bytes()) for _ in messages]
+        finally:
+            await runner.cleanup()
+        return digests, messages, answers
+
+    digests, messages, answers = run(loop, main(), timeout=120)
+    assert digests == [hashlib.sha256(blob).digest()] * 6
+    assert answers == [hashlib.sha256(m).digest() for m in messages]
+
+
+def test_websockets_library_server_and_client(loop):
+    serve = pytest.importorskip("websockets.asyncio.server").serve
+    connect = pytest.importorskip("websockets.asyncio.client").connect
+
+    async def echo(ws):
+        async for message in ws:
+            await ws.send(message)
+
+    async def main():
+        async with serve(echo, "127.0.0.1", 0, max_size=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", max_size=None) as ws:
+                sent = [os.urandom(n) for n in (1, 5000, 2 << 20)] + ["text ✓"]
+                got = []
+                for m in sent:
+                    await ws.send(m)
+                    got.append(await ws.recv())
+        return sent, got
+
+    sent, got = run(loop, main(), timeout=60)
+    assert got == sent
+
+
 # ---- gunicorn with aiouring.worker.GunicornWebWorker ----------------------------
 
 def _gunicorn_extra_args() -> list:
