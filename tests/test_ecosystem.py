@@ -148,6 +148,57 @@ def test_aiohttp_streaming_keepalive_and_websockets(loop, use_tls, request):
     assert answers == [hashlib.sha256(m).digest() for m in messages]
 
 
+def test_aiohttp_client_cancelled_mid_download_then_reused(loop):
+    # Clients give up on slow responses all the time (timeouts): cancelling
+    # reads in the middle of a body must leave the loop, the session and the
+    # server healthy, and later downloads byte-exact.
+    web = pytest.importorskip("aiohttp.web")
+    import aiohttp
+    import random
+
+    blob = os.urandom(4 << 20)
+
+    async def download(request):
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for start in range(0, len(blob), 64 * 1024):
+            await response.write(blob[start:start + 64 * 1024])
+            await asyncio.sleep(0)
+        await response.write_eof()
+        return response
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/blob", download)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/blob"
+        rng = random.Random(9)
+        cancelled = 0
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=3)) as session:
+                async def fetch():
+                    digest = hashlib.sha256()
+                    async with session.get(url) as resp:
+                        async for chunk in resp.content.iter_chunked(1 << 16):
+                            digest.update(chunk)
+                    return digest.digest()
+                for _ in range(20):
+                    try:
+                        await asyncio.wait_for(fetch(), rng.uniform(0.0, 0.03))
+                    except asyncio.TimeoutError:
+                        cancelled += 1
+                digests = await asyncio.gather(*(fetch() for _ in range(3)))
+        finally:
+            await runner.cleanup()
+        return cancelled, digests
+
+    cancelled, digests = run(loop, main(), timeout=120)
+    assert cancelled > 0
+    assert digests == [hashlib.sha256(blob).digest()] * 3
+
+
 def test_websockets_library_server_and_client(loop):
     serve = pytest.importorskip("websockets.asyncio.server").serve
     connect = pytest.importorskip("websockets.asyncio.client").connect
