@@ -100,6 +100,7 @@ _ACCEPT_TRANSIENT = (-errno.ECONNABORTED, -errno.EINTR, -errno.EAGAIN)
 _EOF = object()   # a held end-of-file, delivered after the held data
 
 _unpack = Ring.unpack
+_cbuffer = Ring.cbuffer
 _pointer = Ring.pointer
 _BufferedProtocol = protocols.BufferedProtocol
 _null = Ring.null
@@ -114,6 +115,22 @@ def _kernel_at_least(major: int, minor: int) -> bool:
         return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
     except (ValueError, IndexError):
         return False
+
+
+class _RecvBuffers:
+    """The loop's provided-buffer ring as the transports use it: a cdata
+    pointer per buffer, computed once (reading a CQE's data is then one
+    ``unpack``), and ``recycle``. Receives only complete while the loop (and
+    so the ring) is open, so the pointers never outlive the buffers."""
+
+    __slots__ = ("ring", "pointers", "recycle", "group_id")
+
+    def __init__(self, buffer_ring) -> None:
+        self.ring = buffer_ring
+        size = buffer_ring.buffer_size
+        self.pointers = [_pointer(buffer_ring.view(bid, size)) for bid in range(buffer_ring.entries)]
+        self.recycle = buffer_ring.recycle
+        self.group_id = buffer_ring.group_id
 
 
 class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
@@ -144,9 +161,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._ready = loop._ready
         self._register = loop._ops.register
         self._prep = loop._prep
-        self._buffers = buffers
-        self._read_buffer = buffers.read
-        self._view_buffer = buffers.view
+        self._ptrs = buffers.pointers
         self._recycle = buffers.recycle
         self._group = buffers.group_id
 
@@ -219,10 +234,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
     # ---- protocol ---------------------------------------------------------
 
     def set_protocol(self, protocol) -> None:
-        if isinstance(protocol, _BufferedProtocol):
-            self._deliver = self._deliver_buffered
-        else:
-            self._deliver = self._deliver_data
+        self._buffered = isinstance(protocol, _BufferedProtocol)
         self._protocol = protocol
         self._protocol_connected = True
 
@@ -271,27 +283,19 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         """Every CQE of the multishot receive, straight from the CQE walk."""
         if res > 0:
             bid = flags >> _BUFFER_SHIFT
-            if not flags & _F_MORE:
-                self._recv_ud = 0
-                self._recv_stopping = False
-            if self._closing:
-                self._recycle(bid)     # nobody reads after close(), as in asyncio
+            if (flags & _F_MORE and not self._buffered
+                    and not (self._closing or self._paused or self._held or self._ready)):
+                # The hot path: copy out, give the buffer back, deliver.
+                data = _unpack(self._ptrs[bid], res)
+                self._recycle(bid)
+                try:
+                    self._protocol.data_received(data)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
                 return
-            if self._paused or self._held or self._ready:
-                # Callbacks scheduled before this iteration's select run before
-                # its I/O, as in asyncio (a create_connection() caller resumes
-                # before the first data_received): hold the data behind them.
-                try:
-                    self._hold(self._read_buffer(bid, res))
-                finally:
-                    self._recycle(bid)
-            else:
-                try:
-                    self._deliver(bid, res)
-                finally:
-                    self._recycle(bid)
-            if not self._recv_ud:
-                self._arm_recv()
+            self._on_recv_data(bid, res, flags)
             return
         # Without data every CQE is the final one.
         self._recv_ud = 0
@@ -316,22 +320,40 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             else:
                 self._fatal_error(exc, "Fatal read error on socket transport")
 
-    def _deliver_data(self, bid: int, nbytes: int) -> None:
-        data = self._read_buffer(bid, nbytes)
+    def _on_recv_data(self, bid: int, res: int, flags: int) -> None:
+        if not flags & _F_MORE:
+            self._recv_ud = 0
+            self._recv_stopping = False
         try:
-            self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            if self._closing:
+                return     # nobody reads after close(), as in asyncio
+            if self._paused or self._held or self._ready:
+                # Callbacks scheduled before this iteration's select run before
+                # its I/O, as in asyncio (a create_connection() caller resumes
+                # before the first data_received): hold the data behind them.
+                self._hold(_unpack(self._ptrs[bid], res))
+            elif self._buffered:
+                rest = self._feed_buffered(memoryview(_cbuffer(self._ptrs[bid], res)))
+                if rest is not None:
+                    self._hold(rest)
+            else:
+                data = _unpack(self._ptrs[bid], res)
+                try:
+                    self._protocol.data_received(data)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        finally:
+            self._recycle(bid)
+        if not self._recv_ud:
+            self._arm_recv()
 
-    def _deliver_buffered(self, bid: int, nbytes: int) -> None:
-        self._feed_buffered(memoryview(self._view_buffer(bid, nbytes)))
-
-    def _feed_buffered(self, src) -> None:
+    def _feed_buffered(self, src) -> Optional[bytes]:
         """Copy ``src`` into the protocol's buffers, as many rounds as it
-        takes. A pause in between holds the rest (as bytes: ``src`` may be a
-        ring buffer about to be recycled)."""
+        takes. If the protocol pauses in between, return the rest as bytes
+        (``src`` may be a ring buffer about to be recycled) for the caller to
+        hold in its place in the queue."""
         protocol = self._protocol
         total = len(src)
         offset = 0
@@ -357,9 +379,8 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
                 return
             if offset < total and (self._paused or self._closing):
-                if not self._closing:
-                    self._hold(bytes(src[offset:]))
-                return
+                return None if self._closing else bytes(src[offset:])
+        return None
 
     def _hold(self, data: bytes) -> None:
         held = self._held
@@ -392,8 +413,11 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             item = held.popleft()
             if item.__class__ is bytes:
                 self._held_bytes -= len(item)
-                if self._deliver == self._deliver_buffered:
-                    self._feed_buffered(memoryview(item))
+                if self._buffered:
+                    rest = self._feed_buffered(memoryview(item))
+                    if rest is not None:
+                        held.appendleft(rest)    # first in line, ahead of what came later
+                        self._held_bytes += len(rest)
                 else:
                     try:
                         self._protocol.data_received(item)
@@ -529,6 +553,8 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         return True
 
     def get_write_buffer_size(self) -> int:
+        if self._conn_lost:
+            return 0     # an aborted send may still be with the kernel, but it is not ours to count
         size = len(self._write_buf)
         if self._sending is not None:
             size += len(self._sending) - self._send_done
@@ -710,6 +736,13 @@ class RingTransportsMixin:
             self.call_soon(self._deliver_deferred)
         pending.append(transport)
 
+    def close(self) -> None:
+        super().close()
+        # Held deliveries that never ran must not keep their transports (and
+        # sockets) alive with the closed loop; asyncio leaves such transports
+        # to the garbage collector, and so do we.
+        self._deferred_transports = []
+
     def _deliver_deferred(self) -> None:
         pending = self._deferred_transports
         self._deferred_transports = []
@@ -724,7 +757,7 @@ class RingTransportsMixin:
             if (_kernel_at_least(6, 0) and not ring.closed
                     and ring.supports(_OP_RECV) and ring.supports(_OP_SEND) and ring.supports(_OP_ACCEPT)):
                 try:
-                    buffers = ring.buffer_ring(_RECV_GROUP_ID, _RECV_BUFFERS, _RECV_BUFFER_SIZE)
+                    buffers = _RecvBuffers(ring.buffer_ring(_RECV_GROUP_ID, _RECV_BUFFERS, _RECV_BUFFER_SIZE))
                 except OSError as exc:
                     logger.debug("aiouring: no provided-buffer ring (%s); using selector transports", exc)
             self._recv_buffers = buffers
