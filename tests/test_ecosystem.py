@@ -199,6 +199,27 @@ def test_aiohttp_client_cancelled_mid_download_then_reused(loop):
     assert digests == [hashlib.sha256(blob).digest()] * 3
 
 
+def test_aiofiles_runs_unchanged(loop, tmp_path):
+    # aiofiles (threads) keeps working on aiouring, for code not yet moved to
+    # aiouring.open.
+    aiofiles = pytest.importorskip("aiofiles")
+    import aiofiles.os
+    data = os.urandom((2 << 20) + 3)
+    path = tmp_path / "data.bin"
+
+    async def main():
+        async with aiofiles.open(path, "wb") as f:
+            for start in range(0, len(data), 100_000):
+                await f.write(data[start:start + 100_000])
+        async with aiofiles.open(path, "rb") as f:
+            back = await f.read()
+        return back, (await aiofiles.os.stat(path)).st_size
+
+    back, size = run(loop, main())
+    assert size == len(data)
+    assert hashlib.sha256(back).digest() == hashlib.sha256(data).digest()
+
+
 def test_websockets_library_server_and_client(loop):
     serve = pytest.importorskip("websockets.asyncio.server").serve
     connect = pytest.importorskip("websockets.asyncio.client").connect
