@@ -62,6 +62,7 @@ _MAX_RW = 0x7FFFF000
 
 _STAT_FIELDS = os.stat_result.n_fields
 _IOSQE_ASYNC = uapi.IOSQE_ASYNC
+_U64 = (1 << 64) - 1
 
 
 try:
@@ -140,6 +141,8 @@ class ThreadFileOps:
         return await self._call(os.open, path, flags, mode, on_late=os.close)
 
     async def read(self, fd: int, n: int, offset: int) -> bytes:
+        if offset < 0:
+            return await self._call(os.read, fd, min(n, _MAX_RW))
         return await self._call(os.pread, fd, min(n, _MAX_RW), offset)
 
     async def write(self, fd: int, data: bytes, offset: int) -> int:
@@ -149,7 +152,10 @@ class ThreadFileOps:
 
     def start_read(self, fd: int, n: int, offset: int):
         """Start a read: (future -> bytes, cancel)."""
-        fut = self._loop.run_in_executor(None, os.pread, fd, min(n, _MAX_RW), offset)
+        if offset < 0:
+            fut = self._loop.run_in_executor(None, os.read, fd, min(n, _MAX_RW))
+        else:
+            fut = self._loop.run_in_executor(None, os.pread, fd, min(n, _MAX_RW), offset)
         return fut, fut.cancel
 
     def start_write(self, fd: int, data: bytes, offset: int):
@@ -314,6 +320,7 @@ class RingFileOps(ThreadFileOps):
         return fut, cancel
 
     def _start_read(self, fd: int, n: int, offset: int):
+        offset &= _U64     # -1: the fd's own position (pipes)
         n = min(n, _MAX_RW)
         if n >= _INPLACE_READ_MIN:
             # A fresh bytes object nobody else can see until the CQE resolves
@@ -346,7 +353,7 @@ class RingFileOps(ThreadFileOps):
         ptr = Ring.pointer(data)
         # offset -1: the file position, which O_APPEND files need.
         return self._start(uapi.IORING_OP_WRITE, fd, ptr, min(len(data), _MAX_RW),
-                           offset & 0xFFFFFFFFFFFFFFFF, 0, keep=(data, ptr))
+                           offset & _U64, 0, keep=(data, ptr))
 
     def start_write(self, fd: int, data: bytes, offset: int):
         """Queue a write of ``data`` (bytes: immutable while in flight):

@@ -132,7 +132,15 @@ class BinaryFile:
                 self._pos = 0
                 self._seekable = False
         self._wstart = self._pos
+        # Pipes, FIFOs, sockets, ttys: no offsets; every read and write uses
+        # the fd's own position (offset -1), in order.
+        self._stream = self._seekable is False
         return self
+
+    def _at(self) -> int:
+        """The offset for the next stream read: our position, or -1 (the
+        fd's own) for files that cannot seek."""
+        return -1 if self._stream else self._pos
 
     # ---- checks -----------------------------------------------------------
 
@@ -228,7 +236,7 @@ class BinaryFile:
         await self._settle()
         while self._wbuf:
             data = bytes(self._wbuf)
-            n = await self._write_out(data, -1 if self._appending else self._wstart)
+            n = await self._write_out(data, -1 if self._appending or self._stream else self._wstart)
             if n == 0:
                 raise OSError(28, os.strerror(28))   # a regular file that takes no bytes is full
             self._consumed(n)
@@ -294,7 +302,7 @@ class BinaryFile:
         of a buffer's worth to keep the rest as read-ahead); short only at EOF,
         where the general path would also stop."""
         want = size if size >= self._buffer_size else self._buffer_size
-        fut, cancel = self._io.start_read(self._fd, want, self._pos)
+        fut, cancel = self._io.start_read(self._fd, want, self._at())
         try:
             data = await fut
         except _CancelledError:
@@ -322,7 +330,7 @@ class BinaryFile:
         if size < 0:
             return await self._read_all()
         if self._buffer_size == 0:
-            data = await self._raw_read(size, self._pos)
+            data = await self._raw_read(size, self._at())
             self._pos += len(data)
             return data
         avail = len(self._rbuf) - self._roff
@@ -333,10 +341,10 @@ class BinaryFile:
         while got < size:
             want = size - got
             if want >= self._buffer_size:
-                chunk = await self._raw_read(want, self._pos)
+                chunk = await self._raw_read(want, self._at())
                 self._pos += len(chunk)
             else:
-                chunk = await self._raw_read(self._buffer_size, self._pos)
+                chunk = await self._raw_read(self._buffer_size, self._at())
                 self._rbuf, self._roff = chunk, 0
                 chunk = self._take(want)
             if not chunk:
@@ -356,7 +364,7 @@ class BinaryFile:
         want = max(size - self._pos, 0) + 1
         chunk_size = max(want, self._buffer_size or io.DEFAULT_BUFFER_SIZE)
         while True:
-            chunk = await self._raw_read(chunk_size, self._pos)
+            chunk = await self._raw_read(chunk_size, self._at())
             if not chunk:
                 break
             self._pos += len(chunk)
@@ -378,12 +386,11 @@ class BinaryFile:
                 return b""
             if len(self._rbuf) > self._roff:
                 return self._take(size)
-            if size >= self._buffer_size:
-                data = await self._raw_read(size, self._pos)
-                self._pos += len(data)
-                return data
-            self._rbuf, self._roff = await self._raw_read(self._buffer_size, self._pos), 0
-            return self._take(size)
+            # As the built-in BufferedReader: one kernel read of exactly
+            # `size`, no read-ahead.
+            data = await self._raw_read(size, self._at())
+            self._pos += len(data)
+            return data
 
     async def readinto(self, buffer) -> int:
         """Read into a writable buffer; return the number of bytes read."""
@@ -414,7 +421,10 @@ class BinaryFile:
         async with self._lock:
             self._check_closed("readline of closed file")
             await self._prepare_read()
-            chunk = max(self._buffer_size, io.DEFAULT_BUFFER_SIZE)
+            if self._stream and not self._buffer_size:
+                chunk = 1     # a pipe can't give back what follows the line: FileIO reads bytewise too
+            else:
+                chunk = max(self._buffer_size, io.DEFAULT_BUFFER_SIZE)
             line = self._rbuf[self._roff:] if self._roff else self._rbuf
             start = 0
             offset = self._pos      # file offset of line[0]
@@ -427,7 +437,7 @@ class BinaryFile:
                     end = size
                     break
                 start = len(line)
-                more = await self._raw_read(chunk, offset + len(line))
+                more = await self._raw_read(chunk, -1 if self._stream else offset + len(line))
                 if not more:
                     end = len(line)
                     break
@@ -494,7 +504,7 @@ class BinaryFile:
                 self._wbuf += view
                 self._pos += n
                 try:
-                    written = await self._write_out(bytes(self._wbuf), -1 if self._appending else self._wstart)
+                    written = await self._write_out(bytes(self._wbuf), -1 if self._appending or self._stream else self._wstart)
                     self._consumed(written)
                 except _CancelledError:
                     raise   # the late completion (or the next flush) settles the buffer

@@ -96,9 +96,15 @@ class TextFile:
         # (decoder flags, bytes fed) at the start of the current decoded chunk.
         self._snapshot: Optional[tuple] = None
         self._b2cratio = 0.0
-        if buffer.writable() and buffer.seekable() and buffer._pos != 0:
-            # Appending (or a caller's fd at an offset): no BOM mid-file.
-            self._get_encoder().setstate(0)
+        # Both made now, as the built-in does: a seek then sets the decoder's
+        # state (for UTF-16: "byte order known") instead of a fresh decoder
+        # later demanding a BOM in the middle of the file.
+        if buffer.readable():
+            self._get_decoder()
+        if buffer.writable():
+            self._get_encoder()
+            if buffer.seekable() and buffer._pos != 0:
+                self._encoder.setstate(0)   # appending (or an fd at an offset): no BOM mid-file
         return self
 
     # ---- plumbing ---------------------------------------------------------
@@ -165,11 +171,16 @@ class TextFile:
         self._set_decoded("")
         self._snapshot = None
 
-    async def _read_chunk(self) -> bool:
-        """Decode one more chunk; False at EOF."""
+    async def _read_chunk(self, size_hint: int = 0) -> bool:
+        """Decode one more chunk; False at EOF. As the built-in, a read of
+        many characters reads them in one chunk (``size_hint`` scaled by the
+        bytes per character seen so far)."""
         decoder = self._decoder or self._get_decoder()
         dec_buffer, dec_flags = decoder.getstate()
-        raw = await self.buffer.read1(_CHUNK_SIZE)
+        chunk = _CHUNK_SIZE
+        if size_hint > 0:
+            chunk = max(chunk, int(max(self._b2cratio, 1.0) * size_hint))
+        raw = await self.buffer.read1(chunk)
         eof = not raw
         chars = decoder.decode(raw, eof)
         self._set_decoded(chars)
@@ -198,7 +209,7 @@ class TextFile:
         result = self._take_decoded(size)
         eof = False
         while len(result) < size and not eof:
-            eof = not await self._read_chunk()
+            eof = not await self._read_chunk(size - len(result))
             result += self._take_decoded(size - len(result))
         return result
 
@@ -209,11 +220,22 @@ class TextFile:
             size = -1
         else:
             size = size.__index__()
-        line = self._take_decoded()
         if self._decoder is None:
             self._get_decoder()
+        # The order of the built-in (C) TextIOWrapper: get decoded characters
+        # first (reading a chunk if there are none), then look for the line
+        # end, then apply the size limit. So even readline(0) reads ahead.
+        line = ""
         start = 0
         while True:
+            if self._used >= len(self._decoded):
+                while await self._read_chunk():
+                    if self._decoded:
+                        break
+                if not self._decoded:
+                    self._reset_read_state()     # EOF
+                    return line
+            line += self._take_decoded()
             end = self._line_end(line, start)
             if end >= 0:
                 break
@@ -221,14 +243,6 @@ class TextFile:
             if size >= 0 and len(line) >= size:
                 end = size
                 break
-            while await self._read_chunk():
-                if self._decoded:
-                    break
-            if self._decoded:
-                line += self._take_decoded()
-            else:
-                self._reset_read_state()     # EOF
-                return line
         if size >= 0 and end > size:
             end = size
         self._used -= len(line) - end       # give back what follows the line
