@@ -2,24 +2,27 @@
 server process watches its own RSS, open fds and io_uring operations in flight.
 
     python bench/soak.py [--loop aiouring|asyncio|uvloop] [--connections 2000]
-                         [--duration 150] [--json results.json]
+                         [--rounds 3] [--duration 50] [--json results.json]
 
 The server (this process) runs two echo services on the chosen loop, one
 ``asyncio.Protocol`` and one streams handler, and samples itself every few
-seconds. A client process (asyncio's own loop, so that it is an independent
-oracle) keeps ``--connections`` connections busy: each sends messages of mixed
-sizes (16 B .. 300 KiB), checks every echo byte for byte, then ends the
-connection in one of several ways (close, reset mid-transfer, half-close,
-abandoning unread echo) and reconnects. Not part of the normal test run.
+seconds. In each round a client process (on asyncio's own loop, so that it is
+an independent oracle) keeps ``--connections`` connections busy for
+``--duration`` seconds: each sends messages of mixed sizes (16 B .. 300 KiB),
+checks every echo byte for byte, then ends the connection in one of several
+ways (close, reset mid-transfer, half-close, abandoning unread echo) and
+reconnects. Then every client is gone and the server should be back where it
+started. Not part of the normal test run.
 
-What is reported: RSS, open fds and operations in flight at the start (after a
-warm-up), half-way, at the end of the load, and after every client has gone (quiescent);
+What is reported: RSS, open fds and operations in flight when idle, and per
+round after a warm-up, half-way, at the end of the load and once quiescent;
 bytes echoed, connections made, verification failures, exception-handler
 calls. The exit status is 1 when a check fails: any corrupted echo, any
-unexpected exception-handler call, fds or operations in flight above their
-starting level once quiescent, or RSS growth above ``--max-rss-growth-mib``
-over the second half of the run (the first half fills the heap and touches
-the receive buffer ring's pages as traffic first needs them).
+unexpected exception-handler call, fds or operations in flight above the idle
+level once quiescent, or RSS growth above ``--max-rss-growth-mib`` from the end
+of the first round to the end of the last (the first round fills the heap and
+touches the receive buffer ring's pages as traffic first needs them; a leak
+keeps growing after that).
 """
 
 from __future__ import annotations
@@ -123,6 +126,21 @@ async def _serve(args, sampler: _Sampler) -> dict:
     ports = [proto_server.sockets[0].getsockname()[1], stream_server.sockets[0].getsockname()[1]]
     idle = sampler.take("idle")
 
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        print(f"-- round {number} of {args.rounds}", flush=True)
+        rounds.append(await _one_round(args, sampler, ports, idle))
+    proto_server.close()
+    stream_server.close()
+    await proto_server.wait_closed()
+    await stream_server.wait_closed()
+    return {"idle": idle, "rounds": rounds, "exception_handler_calls": handler_calls[:20],
+            "exception_handler_call_count": len(handler_calls)}
+
+
+async def _one_round(args, sampler: _Sampler, ports, idle: dict) -> dict:
+    """One load phase (a fresh client process) followed by quiescence."""
+    loop = asyncio.get_running_loop()
     client = await asyncio.create_subprocess_exec(
         sys.executable, os.path.abspath(__file__), "--client", "--ports", ",".join(map(str, ports)),
         "--connections", str(args.connections), "--duration", str(args.duration),
@@ -158,13 +176,7 @@ async def _serve(args, sampler: _Sampler) -> dict:
         if len(asyncio.all_tasks(loop)) <= 1 and _open_fds() <= idle["open_fds"]:
             break
     quiet = sampler.take("quiescent")
-    proto_server.close()
-    stream_server.close()
-    await proto_server.wait_closed()
-    await stream_server.wait_closed()
-    return {"idle": idle, "start": start, "mid": mid, "end": end, "quiescent": quiet,
-            "client": client_report, "exception_handler_calls": handler_calls[:20],
-            "exception_handler_call_count": len(handler_calls)}
+    return {"start": start, "mid": mid, "end": end, "quiescent": quiet, "client": client_report}
 
 
 def server_main(args) -> int:
@@ -178,38 +190,62 @@ def server_main(args) -> int:
         loop.close()
     after_close = {"open_fds": _open_fds(), "rss_mib": round(_rss_bytes() / 2 ** 20, 1),
                    "ops_in_flight": loop.statistics().ops_in_flight if hasattr(loop, "statistics") else None}
-    report.update(loop=args.loop, connections=args.connections, duration_s=args.duration,
+    report.update(loop=args.loop, connections=args.connections, duration_s=args.duration, rounds_n=args.rounds,
                   after_loop_close=after_close, samples=sampler.samples)
 
     failures = []
-    c = report["client"]
-    if c["corrupt"]:
-        failures.append(f"{c['corrupt']} echoes did not match")
-    if c["errors"]:
-        failures.append(f"{c['errors']} unexpected client errors: {c['error_kinds']}")
+    rounds = report["rounds"]
+    totals = {key: sum(r["client"][key] for r in rounds)
+              for key in ("connections_made", "messages", "bytes", "corrupt", "errors")}
+    ends: dict = {}
+    for r in rounds:
+        for kind, count in r["client"]["ends"].items():
+            ends[kind] = ends.get(kind, 0) + count
+    if totals["corrupt"]:
+        failures.append(f"{totals['corrupt']} echoes did not match")
+    if totals["errors"]:
+        failures.append(f"{totals['errors']} unexpected client errors: "
+                        f"{[r['client']['error_kinds'] for r in rounds]}")
     if report["exception_handler_call_count"]:
         failures.append(f"{report['exception_handler_call_count']} exception handler calls")
-    idle, mid, end, quiet = report["idle"], report["mid"], report["end"], report["quiescent"]
-    if quiet["open_fds"] > idle["open_fds"]:
-        failures.append(f"fds: {idle['open_fds']} before load, {quiet['open_fds']} after")
-    if idle["ops_in_flight"] is not None and quiet["ops_in_flight"] > idle["ops_in_flight"]:
-        failures.append(f"ops in flight: {idle['ops_in_flight']} before load, {quiet['ops_in_flight']} after")
-    # Judged over the second half: the first half legitimately grows the heap
-    # and touches the receive buffer ring's pages (32 MiB of address space) as
-    # traffic first needs them; a leak keeps growing after that.
-    if mid and end and end["rss_mib"] - mid["rss_mib"] > args.max_rss_growth_mib:
-        failures.append(f"RSS grew {end['rss_mib'] - mid['rss_mib']:.1f} MiB over the second half")
+    idle = report["idle"]
+    for number, r in enumerate(rounds, 1):
+        quiet = r["quiescent"]
+        if quiet["open_fds"] > idle["open_fds"]:
+            failures.append(f"round {number}: {quiet['open_fds']} fds open once quiet, {idle['open_fds']} before")
+        if idle["ops_in_flight"] is not None and quiet["ops_in_flight"] > idle["ops_in_flight"]:
+            failures.append(f"round {number}: {quiet['ops_in_flight']} ops in flight once quiet, "
+                            f"{idle['ops_in_flight']} before")
+    # The first round legitimately grows the heap and touches the receive
+    # buffer ring's pages (32 MiB of address space) as traffic first needs
+    # them; a leak keeps growing in the rounds after it. With one round, judge
+    # its second half.
+    if len(rounds) > 1:
+        growth = rounds[-1]["quiescent"]["rss_mib"] - rounds[0]["quiescent"]["rss_mib"]
+        where = f"from the end of round 1 to the end of round {len(rounds)}"
+    else:
+        r = rounds[0]
+        growth = (r["end"]["rss_mib"] - r["mid"]["rss_mib"]) if r["mid"] and r["end"] else 0.0
+        where = "over the second half"
+    report["rss_growth_mib"] = round(growth, 1)
+    if growth > args.max_rss_growth_mib:
+        failures.append(f"RSS grew {growth:.1f} MiB {where}")
     report["failures"] = failures
 
     print()
-    print(f"loop {args.loop}: {c['connections_made']} connections, {c['messages']} messages, "
-          f"{c['bytes'] / 2 ** 20:.0f} MiB echoed, {c['corrupt']} corrupt, churn ends {c['ends']}")
-    print(f"{'':12s} {'RSS MiB':>8s} {'fds':>6s} {'in flight':>10s}")
-    for name in ("idle", "start", "mid", "end", "quiescent"):
-        s = report[name]
-        if s:
-            print(f"{name:12s} {s['rss_mib']:8.1f} {s['open_fds']:6d} {str(s['ops_in_flight']):>10s}")
-    print("after close  " + json.dumps(after_close))
+    print(f"loop {args.loop}, {args.connections} connections, {len(rounds)} x {args.duration:.0f} s: "
+          f"{totals['connections_made']} connections made, {totals['messages']} messages, "
+          f"{totals['bytes'] / 2 ** 20:.0f} MiB echoed, {totals['corrupt']} corrupt, churn ends {ends}")
+    print(f"{'':18s} {'RSS MiB':>8s} {'fds':>6s} {'in flight':>10s}")
+    print(f"{'idle':18s} {idle['rss_mib']:8.1f} {idle['open_fds']:6d} {str(idle['ops_in_flight']):>10s}")
+    for number, r in enumerate(rounds, 1):
+        for name in ("start", "mid", "end", "quiescent"):
+            s = r[name]
+            if s:
+                label = f"round {number} {name}"
+                print(f"{label:18s} {s['rss_mib']:8.1f} {s['open_fds']:6d} {str(s['ops_in_flight']):>10s}")
+    print("after close        " + json.dumps(after_close))
+    print(f"RSS growth {where}: {growth:.1f} MiB (allowed {args.max_rss_growth_mib:.0f})")
     print("PASS" if not failures else "FAIL: " + "; ".join(failures))
     if args.json:
         with open(args.json, "w") as f:
@@ -308,10 +344,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--loop", default="aiouring", choices=("aiouring", "asyncio", "uvloop"))
     p.add_argument("--connections", type=int, default=2000)
-    p.add_argument("--duration", type=float, default=150.0, help="seconds of load")
+    p.add_argument("--duration", type=float, default=50.0, help="seconds of load per round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="load phases, each followed by quiescence (a leak keeps growing across them)")
     p.add_argument("--sample-every", type=float, default=5.0)
     p.add_argument("--max-rss-growth-mib", type=float, default=8.0,
-                   help="allowed RSS growth from the middle of the run to its end")
+                   help="allowed RSS growth from the end of the first round to the end of the last")
     p.add_argument("--json")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ports", help=argparse.SUPPRESS)
