@@ -138,9 +138,10 @@ def test_wait_cancelled_then_child_still_reported(loop):
 
 def test_returncode_and_pid_attributes(loop):
     async def main():
-        p = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 4")
-        before = p.returncode
+        p = await asyncio.create_subprocess_exec("/bin/sh", "-c", "read line; exit 4", stdin=PIPE)
+        before = p.returncode   # the child waits for its stdin: still running
         assert p.pid > 0
+        p.stdin.close()
         await p.wait()
         return before, p.returncode
 
@@ -284,6 +285,12 @@ def test_shell(loop):
     assert run(loop, main()) == (b"42\n", 5, 127)
 
 
+# Python 3.10's asyncio leaves two BrokenPipeError futures unretrieved after
+# a broken stdin (on every loop; fixed in 3.11): tolerate only there.
+_py310_unretrieved_broken_pipe = pytest.mark.loop_errors_ok if sys.version_info < (3, 11) else (lambda f: f)
+
+
+@_py310_unretrieved_broken_pipe
 def test_stdin_closed_early_by_child(loop):
     data = b"x" * (8 * 1024 * 1024)
     child = "import sys; sys.stdin.buffer.read(1)"
@@ -405,7 +412,7 @@ def test_nonexistent_program_and_cwd(loop, tmp_path):
 # ---- lifetimes ------------------------------------------------------------
 
 @pytest.mark.parametrize("watch", WATCH_KINDS)
-def test_child_outlives_loop_close(loop, watch):
+def test_child_outlives_loop_close(loop, loop_kind, watch):
     """Closing the loop neither waits for a running child nor leaves it a zombie."""
     use_watch(loop, watch)
 
@@ -413,6 +420,8 @@ def test_child_outlives_loop_close(loop, watch):
         return await asyncio.create_subprocess_exec("sleep", "0.5", stdin=subprocess.DEVNULL,
                                                     stdout=subprocess.DEVNULL)
 
+    if loop_kind == "asyncio" and sys.version_info >= (3, 12):
+        pytest.skip("asyncio 3.12+'s default PidfdChildWatcher leaves this child a zombie (and its pidfd open)")
     proc = run(loop, main())
     pid = proc.pid
     started = time.monotonic()
@@ -459,8 +468,11 @@ def test_exit_status_taken_by_popen_itself(loop, loop_kind, watch):
     use_watch(loop, watch)
 
     async def main():
-        p = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 5")
-        assert p._transport._proc.wait() == 5   # blocking: reaps before the ring can
+        # The child outlives the submission of the ring's wait by far...
+        p = await asyncio.create_subprocess_exec("/bin/sh", "-c", "sleep 0.3; exit 5")
+        # ...and this blocking waitpid reaps it in the kernel before the
+        # ring's wait gets to run (its completion work runs in this thread).
+        assert p._transport._proc.wait() == 5
         return await p.wait()
 
     assert run(loop, main()) == 5
