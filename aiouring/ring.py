@@ -638,6 +638,25 @@ class Ring:
         self._buffer_rings[group_id] = br
         return br
 
+    def register_buffers(self, buffers) -> None:
+        """Register writable buffers for ``READ_FIXED``/``WRITE_FIXED``
+        (``IORING_REGISTER_BUFFERS``): SQE ``buf_index`` i means ``buffers[i]``.
+        The kernel pins their pages until :meth:`unregister_buffers` or close;
+        the ring keeps them alive that long."""
+        self._ensure_usable()
+        ptrs = [ffi.from_buffer(b, require_writable=True) for b in buffers]
+        iovs = ffi.new("struct iovec[]", len(ptrs))
+        for iov, ptr in zip(iovs, ptrs):
+            iov.iov_base = ptr
+            iov.iov_len = len(ptr)
+        check(lib.aiou_register_buffers(self._r, iovs, len(ptrs)))
+        self._registered_buffers = (ptrs, iovs)
+
+    def unregister_buffers(self) -> None:
+        self._ensure_usable()
+        check(lib.aiou_unregister_buffers(self._r))
+        self._registered_buffers = None
+
     # ---- teardown ---------------------------------------------------------
 
     def close(self) -> None:

@@ -10,7 +10,9 @@ Workloads, all on files already in the page cache (read once before timing):
 each at 1 and 64 concurrent tasks. Every run of every contender is measured
 ``--reps`` times, interleaved (A B C A B C ...) so that machine noise hits
 all alike; the table shows medians and the ratio to aiofiles (and to the
-synchronous loop for seq1m). aiofiles and to_thread run on asyncio's own
+synchronous loop for seq1m). ``fixed4k``/``fixed1024k`` measure registered
+buffers on a bare ring (see :func:`fixed_buffers_probe`); their ratio column is
+relative to a plain ``READ`` into the same memory. aiofiles and to_thread run on asyncio's own
 loop (where aiofiles users are), aiouring on aiouring's loop.
 
     .venv/bin/python bench/files_bench.py [--reps 7] [--json out.json]
@@ -160,6 +162,73 @@ def small(kind: str, paths: list):
     return run
 
 
+# ---- registered buffers: the kernel-side difference, on a bare ring ----------------
+
+def fixed_buffers_probe(big: str, reads: int, size: int, reps: int) -> list:
+    """Time ``reads`` reads of ``size`` bytes at random offsets on a bare
+    Ring (no event loop), 64 per io_uring_enter, four ways:
+
+    * ``READ`` into a reused buffer,
+    * ``READ_FIXED`` into the same memory, registered,
+    * ``READ_FIXED`` plus copying the data out into ``bytes`` (what an API
+      returning bytes must do with a registered buffer),
+    * ``READ`` into a fresh ``bytes`` per read (what aiouring.files does).
+    """
+    from aiouring._files_backend import _fresh_bytes
+    from aiouring.ring import Ring, uapi
+
+    batch = 64
+    rng = random.Random(3)
+    offsets = [rng.randrange(0, (BIG_SIZE - size) // 4096) * 4096 for _ in range(reads)]
+    fd = os.open(big, os.O_RDONLY)
+    ring = Ring(256)
+    try:
+        region = bytearray(batch * size)
+        ring.register_buffers([region])
+        base = Ring.pointer(region, writable=True)
+
+        def run(way):
+            t0 = time.perf_counter()
+            for start in range(0, reads, batch):
+                chunk = offsets[start:start + batch]
+                keep = []
+                for i, off in enumerate(chunk):
+                    if way == "fresh_bytes":
+                        buf = _fresh_bytes(size)
+                        ptr = Ring.pointer(buf)
+                        keep.append(buf)
+                        ring.prep(uapi.IORING_OP_READ, fd, ptr, size, off, 0, i + 1)
+                    elif way == "read":
+                        ring.prep(uapi.IORING_OP_READ, fd, base + i * size, size, off, 0, i + 1)
+                    else:
+                        ring.prep(uapi.IORING_OP_READ_FIXED, fd, base + i * size, size, off, 0, i + 1,
+                                  buf_index=0)
+                done = 0
+                while done < len(chunk):
+                    cqes = ring.submit_and_reap(None)
+                    for j in range(1, len(cqes), 3):
+                        assert cqes[j] == size, cqes[j]
+                    done += len(cqes) // 3
+                if way == "fixed+copy":
+                    keep = [bytes(region[i * size:(i + 1) * size]) for i in range(len(chunk))]
+            return time.perf_counter() - t0
+
+        ways = ["read", "fixed", "fixed+copy", "fresh_bytes"]
+        times: dict = {w: [] for w in ways}
+        for rep in range(reps + 1):
+            for w in ways:
+                dt = run(w)
+                if rep:
+                    times[w].append(dt)
+        ring.unregister_buffers()
+    finally:
+        ring.close()
+        os.close(fd)
+    return [{"workload": f"fixed{size // 1024}k", "concurrency": batch, "contender": w,
+             "median_s": statistics.median(times[w]), "unit": "reads", "count": reads,
+             "rate": reads / statistics.median(times[w]), "all_s": times[w]} for w in ways]
+
+
 # ---- driver -------------------------------------------------------------------------
 
 def _make_files(root: str, small_count: int):
@@ -192,7 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--random-reads", type=int, default=4000)
     ap.add_argument("--small-files", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    ap.add_argument("--only", choices=["random4k", "seq1m", "small"], nargs="+")
+    ap.add_argument("--only", choices=["random4k", "seq1m", "small", "fixed"], nargs="+")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -231,6 +300,9 @@ def main(argv=None) -> int:
         finally:
             for loop in loops.values():
                 loop.close()
+        if not args.only or "fixed" in args.only:
+            results += fixed_buffers_probe(big, 20000, 4096, args.reps)
+            results += fixed_buffers_probe(big, 1000, MiB, args.reps)
 
     # Ratios: rate / aiofiles rate (and / sync for seq1m).
     def rate(workload, conc, kind):
@@ -241,7 +313,7 @@ def main(argv=None) -> int:
 
     print(f"{'workload':10} {'tasks':>5} {'contender':16} {'median':>10} {'rate':>14} {'x aiofiles':>10} {'x sync':>7}")
     for r in results:
-        base = rate(r["workload"], r["concurrency"], "aiofiles")
+        base = rate(r["workload"], r["concurrency"], "aiofiles") or rate(r["workload"], r["concurrency"], "read")
         sync = rate(r["workload"], 1, "sync") if r["workload"] == "seq1m" else None
         r["x_aiofiles"] = r["rate"] / base if base else None
         r["x_sync"] = r["rate"] / sync if sync else None

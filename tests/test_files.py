@@ -969,3 +969,36 @@ def test_text_ops_match_builtin(loop, tmp_path, mode, encoding, newline, seed, o
         assert digest(_read_file(mine)) == digest(_read_file(theirs))
 
     run(loop, main())
+
+
+def test_registered_buffers_read_fixed(tmp_path):
+    """Ring.register_buffers + READ_FIXED (used by bench/files_bench.py to
+    measure whether registered buffers pay off for file reads)."""
+    from aiouring.ring import Ring, uapi
+    path = tmp_path / "fixed"
+    data = os.urandom(3 * 4096)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    ring = Ring(8)
+    try:
+        if not ring.supports(uapi.IORING_OP_READ_FIXED):
+            pytest.skip("no READ_FIXED on this kernel")
+        region = bytearray(2 * 4096)
+        ring.register_buffers([region])
+        base = Ring.pointer(region, writable=True)
+        ring.prep(uapi.IORING_OP_READ_FIXED, fd, base, 4096, 4096, 0, 1, buf_index=0)
+        ring.prep(uapi.IORING_OP_READ_FIXED, fd, base + 4096, 4096, 8192, 0, 2, buf_index=0)
+        cqes = []
+        while len(cqes) < 6:
+            cqes += ring.submit_and_reap(1.0)
+        assert sorted(zip(cqes[0::3], cqes[1::3])) == [(1, 4096), (2, 4096)]
+        assert bytes(region) == data[4096:]
+        # Outside the registered region: the kernel refuses (EFAULT).
+        outside = Ring.alloc("char[]", 4096)
+        ring.prep(uapi.IORING_OP_READ_FIXED, fd, outside, 4096, 0, 0, 3, buf_index=0)
+        cqe = ring.submit_and_reap(1.0)
+        assert cqe[0] == 3 and cqe[1] < 0
+        ring.unregister_buffers()
+    finally:
+        ring.close()
+        os.close(fd)

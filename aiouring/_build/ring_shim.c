@@ -81,6 +81,8 @@
 
 #define IORING_OP_NOP            0
 #define IORING_OP_READV          1
+#define IORING_OP_READ_FIXED     4
+#define IORING_OP_WRITE_FIXED    5
 #define IORING_OP_WRITEV         2
 #define IORING_OP_FSYNC          3
 #define IORING_OP_POLL_ADD       6
@@ -138,6 +140,8 @@
 #define IORING_ENTER_EXT_ARG         (1U << 3)
 #define IORING_ENTER_REGISTERED_RING (1U << 4)
 
+#define IORING_REGISTER_BUFFERS        0
+#define IORING_UNREGISTER_BUFFERS      1
 #define IORING_REGISTER_PROBE          8
 #define IORING_REGISTER_ENABLE_RINGS   12
 #define IORING_REGISTER_RING_FDS       20
@@ -766,6 +770,16 @@ int aiou_reap(struct aiou_ring *r, int64_t *out, unsigned max_cqes)
     if (!r->cqes)
         return -EBADF;
     return (int)reap_into(r, out, max_cqes);
+}
+
+int aiou_register_buffers(struct aiou_ring *r, struct iovec *iovs, unsigned n)
+{
+    return sys_register(r->fd, IORING_REGISTER_BUFFERS, iovs, n);
+}
+
+int aiou_unregister_buffers(struct aiou_ring *r)
+{
+    return sys_register(r->fd, IORING_UNREGISTER_BUFFERS, NULL, 0);
 }
 
 int aiou_probe(struct aiou_ring *r, uint8_t *supported, unsigned n)
