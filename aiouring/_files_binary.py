@@ -121,6 +121,7 @@ class BinaryFile:
         self._wstart = 0
         self._lock = _StreamLock()
         self._late_write: Optional[asyncio.Future] = None
+        self._positional_writes: set = set()
         self._seekable: Optional[bool] = None
         if appending:
             # As FileIO does: an append stream starts at the end.
@@ -392,6 +393,19 @@ class BinaryFile:
             self._pos += len(data)
             return data
 
+    async def peek(self, size: int = 0) -> bytes:
+        """Buffered bytes at the position, without consuming them (at least
+        one byte unless at EOF; possibly more or fewer than ``size``)."""
+        self._check_readable()
+        self._check_closed("peek of closed file")
+        async with self._lock:
+            self._check_closed("peek of closed file")
+            await self._prepare_read()
+            if len(self._rbuf) == self._roff:
+                self._rbuf = await self._raw_read(max(self._buffer_size, 1), self._at())
+                self._roff = 0
+            return self._rbuf[self._roff:]
+
     async def readinto(self, buffer) -> int:
         """Read into a writable buffer; return the number of bytes read."""
         view = memoryview(buffer).cast("B")
@@ -603,7 +617,18 @@ class BinaryFile:
             async with self._lock:
                 await self._flush_unlocked()
         self._rbuf, self._roff = b"", 0   # read-ahead may now be stale
-        return await self._io.write(self._fd, bytes(data), offset)
+        fut, cancel = self._io.start_write(self._fd, bytes(data), offset)
+        # Tracked until the write is really over, even if our caller is
+        # cancelled: close() waits for it, so a write still running in a
+        # thread can never land in another file that reuses the fd number.
+        self._positional_writes.add(fut)
+        fut.add_done_callback(self._positional_writes.discard)
+        try:
+            return await asyncio.shield(fut)
+        except _CancelledError:
+            if not fut.done():
+                cancel()
+            raise
 
     async def fsync(self) -> None:
         """Flush, then make the file's data and metadata durable."""
@@ -642,6 +667,8 @@ class BinaryFile:
     async def _close_fd(self) -> None:
         if self._closed:
             return
+        while self._positional_writes:
+            await asyncio.wait(list(self._positional_writes))
         self._closed = True
         self._rbuf = b""
         if self._closefd:

@@ -57,7 +57,8 @@ from ._files_text import TextFile, check_text_encoding, resolve_encoding
 
 __all__ = [
     "open", "BinaryFile", "TextFile", "on_ring",
-    "stat", "lstat", "rename", "replace", "unlink", "remove", "mkdir", "rmdir", "link", "symlink",
+    "stat", "lstat", "exists", "isfile", "isdir", "getsize",
+    "rename", "replace", "unlink", "remove", "mkdir", "rmdir", "link", "symlink",
     "read_bytes", "read_text", "write_bytes", "write_text", "copyfile", "sendfile",
 ]
 
@@ -228,6 +229,33 @@ async def stat(path, *, follow_symlinks: bool = True) -> os.stat_result:
 
 async def lstat(path) -> os.stat_result:
     return await stat(path, follow_symlinks=False)
+
+
+async def exists(path) -> bool:
+    """``os.path.exists``: False for a missing path or a broken link."""
+    try:
+        await stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+async def isfile(path) -> bool:
+    try:
+        return _stat.S_ISREG((await stat(path)).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+async def isdir(path) -> bool:
+    try:
+        return _stat.S_ISDIR((await stat(path)).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+async def getsize(path) -> int:
+    return (await stat(path)).st_size
 
 
 async def rename(src, dst) -> None:

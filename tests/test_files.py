@@ -1002,3 +1002,41 @@ def test_registered_buffers_read_fixed(tmp_path):
     finally:
         ring.close()
         os.close(fd)
+
+
+def test_peek_and_path_predicates(loop, tmp_path):
+    path = tmp_path / "p"
+    path.write_bytes(b"0123456789" * 1000)
+    os.symlink(tmp_path / "nowhere", tmp_path / "broken")
+
+    async def main():
+        with open(path, "rb") as bf:
+            async with aiouring.open(path, "rb") as af:
+                await af.read(3)
+                bf.read(3)
+                peeked = await af.peek()
+                assert peeked and bf.peek().startswith(peeked[:1]) and peeked[:7] == b"3456789"
+                assert await af.read(4) == bf.read(4)      # peek consumed nothing
+        for p in (path, tmp_path, tmp_path / "missing", tmp_path / "broken", "x\0y"):
+            assert await files.exists(p) == os.path.exists(p)
+            assert await files.isfile(p) == os.path.isfile(p)
+            assert await files.isdir(p) == os.path.isdir(p)
+        assert await files.getsize(path) == os.path.getsize(path)
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2])
+def test_cancelled_pwrite_then_close(loop, tmp_path, steps):
+    path = tmp_path / "pw"
+    data = os.urandom(1 << 20)
+
+    async def main():
+        async with aiouring.open(path, "wb") as f:
+            await f.pwrite(b"x", 0)
+            await _cancel_soon(f.pwrite(data, 4096), steps)
+        content = _read_file(path)
+        # Closing waited for the write: it is either all there or not at all.
+        assert content in (b"x", b"x" + b"\0" * 4095 + data)
+
+    run(loop, main())
