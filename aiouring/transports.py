@@ -299,6 +299,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         # Without data every CQE is the final one.
         self._recv_ud = 0
+        stopping = self._recv_stopping
         self._recv_stopping = False
         if self._closing:
             return
@@ -308,10 +309,13 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._hold_event(_EOF)
             else:
                 self._on_eof()
-        elif res == _ENOBUFS or res == _ECANCELED:
+        elif res == _ENOBUFS or (res == _ECANCELED and stopping):
             # The buffer ring ran dry (we recycle as we go, so there is room
-            # now), or we stopped it for a pause: resume where reading is due.
+            # now), or we stopped it for a long pause: re-arm if reading is
+            # due. A cancel we did not ask for is the loop closing: stay idle.
             self._arm_recv()
+        elif res == _ECANCELED:
+            pass
         else:
             self._read_done = True
             exc = error_from_result(res)

@@ -1019,3 +1019,26 @@ def test_connect_accepted_socket(loop, loop_kind):
         assert tr.is_closing()
 
     run(loop, main())
+
+
+def test_loop_close_with_connections_still_open(loop, loop_kind):
+    """Closing the loop with live connections drains the ring (no operation left,
+    no re-armed receive) and leaves the sockets to the garbage collector, as
+    asyncio does."""
+
+    async def main():
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+        pairs = [await loop.create_connection(lambda: Collector(loop), *server.sockets[0].getsockname())
+                 for _ in range(3)]
+        for tr, pr in pairs:
+            tr.write(b"x")
+        await asyncio.sleep(0.05)
+        pairs[0][0].pause_reading()
+        return server
+
+    server = run(loop, main())
+    server.close()
+    loop.close()
+    if loop_kind == "aiouring":
+        assert len(loop._ops) == 0
+
