@@ -3,7 +3,8 @@
 #
 #     bash bench/demo.sh
 #
-# sets up everything it needs and runs the quick benchmark (about a minute):
+# sets up everything it needs and runs the quick benchmark (1-2 minutes on an idle
+# machine, after the one-time installation):
 #   1. a virtualenv .venv at the repo root (python3 -m venv; reused if present)
 #   2. pip install -e '.[bench]'  (aiouring + uvloop, aiohttp, httptools,
 #      matplotlib, aiofiles); if aiouring itself does not build, the bench
@@ -34,8 +35,12 @@ VPY="$VENV/bin/python"
 "$VPY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 
 say "pip install -e '.[bench]'"
-if ! "$VPY" -m pip install -q -e ".[bench]"; then
-    echo "!! installing aiouring failed (see above); installing the benchmark dependencies alone," >&2
+PIPLOG="$VENV/pip-install.log"
+if "$VPY" -m pip install -e ".[bench]" >"$PIPLOG" 2>&1; then
+    echo "ok (log: $PIPLOG)"
+else
+    tail -n 15 "$PIPLOG" >&2
+    echo "!! installing aiouring failed (log: $PIPLOG); installing the benchmark dependencies alone," >&2
     echo "!! the benchmark will run without aiouring" >&2
     "$VPY" -m pip install -q "${BENCH_DEPS[@]}"
 fi

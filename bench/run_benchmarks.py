@@ -685,7 +685,7 @@ def parse_args(argv):
                     help="only cases whose name matches (repeatable; see --list)")
     ap.add_argument("--loops", default=",".join(LOOP_NAMES), help="comma-separated loops to compare")
     ap.add_argument("--rounds", type=int, help="rounds per case (default 3)")
-    ap.add_argument("--duration", type=float, help="measured seconds per run (default 2, --quick 1)")
+    ap.add_argument("--duration", type=float, help="measured seconds per run (default 2, --quick 0.7)")
     ap.add_argument("--warmup", type=float, help="unmeasured load seconds before it (default 0.5, --quick 0.3)")
     ap.add_argument("--python", default=sys.executable, help="interpreter for servers (default: this one)")
     ap.add_argument("--out", default=RESULTS_DIR, help="directory for JSON/Markdown/PNG results")
@@ -693,14 +693,18 @@ def parse_args(argv):
     ap.add_argument("--ceiling", action="store_true",
                     help="also run echo cases against a native C echo server (ref_echo_server.c): "
                          "the most this client can measure here")
-    ap.add_argument("--retries", type=int, default=2,
-                    help="repeat a run disturbed by other processes up to this many times (default 2)")
-    ap.add_argument("--quiet-wait", type=float, default=5.0,
-                    help="before each run wait up to this many seconds for an idle machine (default 5)")
+    ap.add_argument("--retries", type=int,
+                    help="repeat a run disturbed by other processes up to this many times (default 2, --quick 1)")
+    ap.add_argument("--quiet-wait", type=float,
+                    help="before each run wait up to this many seconds for an idle machine (default 5, --quick 1)")
     ap.add_argument("--list", action="store_true", help="list the selected cases and exit")
     args = ap.parse_args(argv)
     args.rounds = args.rounds or 3
-    args.duration = args.duration or (1.0 if args.quick else 2.0)
+    args.duration = args.duration or (0.7 if args.quick else 2.0)
+    if args.retries is None:
+        args.retries = 1 if args.quick else 2
+    if args.quiet_wait is None:
+        args.quiet_wait = 1.0 if args.quick else 5.0
     if args.warmup is None:
         args.warmup = 0.3 if args.quick else 0.5
     return args
@@ -762,8 +766,22 @@ def main(argv=None):
         log(f"skipping {kind} cases: {why}")
     cases = [c for c in cases if c.kind not in skipped]
 
-    per_run = args.duration + args.warmup + 0.8
-    est = len(cases) * len(available) * args.rounds * per_run
+    est = 0.0
+    for c in cases:
+        if c.kind == "http":  # wrk runs whole seconds
+            per_run = max(1, round(args.duration)) + (max(1, math.ceil(args.warmup)) if args.warmup else 0) + 0.9
+        elif c.kind == "echo":
+            per_run = args.duration + args.warmup + 0.5
+        else:
+            per_run = args.duration + min(args.warmup, 0.5) + 0.3
+        n_loops = len(available) + (1 if args.ceiling and c.kind == "echo" else 0)
+        est += n_loops * args.rounds * per_run
+    b0, t0 = machine_busy()
+    time.sleep(0.5)
+    b1, t1 = machine_busy()
+    if b0 is not None and (b1 - b0) / (t1 - t0) > QUIET_BUSY:
+        log(f"WARNING: other processes are using {(b1 - b0) / (t1 - t0):.0%} of a CPU right now: "
+            f"expect noisy numbers (runs disturbed are repeated up to {args.retries} time(s))")
     log(f"{len(cases)} case(s) x {len(available)} loop(s) x {args.rounds} round(s), "
         f"{args.duration:g} s measured + {args.warmup:g} s warmup each: about {est / 60:.1f} min")
     log()
