@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 from ._ops import FutureOp, OpTable
 from ._process import ChildProcessMixin
+from ._scheduler import RunOnceMixin
 from ._selector import RingSelector
 from .transports import RingTransportsMixin
 from .ring import Ring, RingInfo, RingStatistics, error_from_result, uapi
@@ -140,7 +141,7 @@ class _AcceptOp:
             self.fut.cancel()
 
 
-class Loop(RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+class Loop(RunOnceMixin, RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """An asyncio event loop whose I/O runs on io_uring.
 
     Ring options: ``sq_entries``, ``cq_entries`` (rounded up to powers of two),

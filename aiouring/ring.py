@@ -134,6 +134,9 @@ OPCODE_NAMES = {
 uapi = types.SimpleNamespace(**{name: getattr(lib, name) for name in dir(lib) if name.isupper()})
 
 _strerror = os.strerror
+# Bound once: these run on every loop iteration.
+_submit_and_reap = lib.aiou_submit_and_reap
+_unpack = ffi.unpack
 _pbuf_recycle = lib.aiou_pbuf_recycle
 _U64_MASK = (1 << 64) - 1
 
@@ -576,16 +579,16 @@ class Ring:
             self._ensure_usable()
             self._enable()
         if timeout is None:
-            n = lib.aiou_submit_and_reap(self._r, 1, -1, self._out, _REAP_BATCH)
+            n = _submit_and_reap(self._r, 1, -1, self._out, _REAP_BATCH)
         elif timeout <= 0:
-            n = lib.aiou_submit_and_reap(self._r, 0, 0, self._out, _REAP_BATCH)
+            n = _submit_and_reap(self._r, 0, 0, self._out, _REAP_BATCH)
         else:
-            n = lib.aiou_submit_and_reap(self._r, 1, int(timeout * 1e9), self._out, _REAP_BATCH)
-        if n <= 0:
-            if n < 0:
-                self._enter_failed(n)
-            return []
-        return ffi.unpack(self._out, 3 * n)
+            n = _submit_and_reap(self._r, 1, int(timeout * 1e9), self._out, _REAP_BATCH)
+        if n > 0:
+            return _unpack(self._out, 3 * n)
+        if n < 0:
+            self._enter_failed(n)
+        return []
 
     def pending(self) -> int:
         """SQEs queued but not yet consumed by the kernel."""

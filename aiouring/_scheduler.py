@@ -1,0 +1,116 @@
+"""The run-once step and call_soon, with asyncio's semantics and less Python.
+
+asyncio's ``BaseEventLoop._run_once`` is the loop's innermost code: every
+callback, every I/O completion and every timer passes through it. Its steps
+are kept exactly here (cancelled-timer cleanup, the timeout rule, due timers
+moved to the ready queue after the poll, only the callbacks that were ready
+before the poll run now, debug mode's slow-callback warnings); what changes is
+that the poll is the ring's submit-and-reap called directly, the CQE batch is
+dispatched without going through ``selectors`` when no fd was polled, and the
+hot attributes are bound to locals.
+"""
+
+from __future__ import annotations
+
+import heapq
+from asyncio import base_events, events
+
+__all__ = ["RunOnceMixin"]
+
+_Handle = events.Handle
+_heappop = heapq.heappop
+_MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
+_MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
+_MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
+_format_handle = base_events._format_handle
+_logger = base_events.logger
+
+
+class RunOnceMixin:
+    """Mixed into :class:`aiouring.loop.Loop` ahead of asyncio's classes."""
+
+    def call_soon(self, callback, *args, context=None):
+        if self._debug:
+            return super().call_soon(callback, *args, context=context)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle = _Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def _run_once(self):
+        scheduled = self._scheduled
+        sched_count = len(scheduled)
+        if (sched_count > _MIN_SCHEDULED_TIMER_HANDLES and
+                self._timer_cancelled_count / sched_count > _MIN_CANCELLED_TIMER_HANDLES_FRACTION):
+            # Too many cancelled timers: rebuild the heap without them.
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            self._scheduled = scheduled = kept
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                handle = _heappop(scheduled)
+                handle._scheduled = False
+
+        ready = self._ready
+        if ready or self._stopping:
+            timeout = 0
+        elif scheduled:
+            timeout = scheduled[0]._when - self.time()
+            if timeout > _MAXIMUM_SELECT_TIMEOUT:
+                timeout = _MAXIMUM_SELECT_TIMEOUT
+            elif timeout < 0:
+                timeout = 0
+        else:
+            timeout = None
+
+        selector = self._selector
+        batch = selector._ring.submit_and_reap(timeout)
+        if batch:
+            selector._ready = fd_events = []
+            selector.dispatch(batch)
+            if fd_events:
+                self._process_events(fd_events)
+            fd_events = batch = None   # break cycles if a callback raised
+
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled:
+                handle = scheduled[0]
+                if handle._when >= end_time:
+                    break
+                handle = _heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+
+        # Only what was ready before this point runs now; callbacks scheduled
+        # by these callbacks wait for the next poll, as in asyncio.
+        ntodo = len(ready)
+        popleft = ready.popleft
+        if self._debug:
+            for _ in range(ntodo):
+                handle = popleft()
+                if handle._cancelled:
+                    continue
+                try:
+                    self._current_handle = handle
+                    t0 = self.time()
+                    handle._run()
+                    dt = self.time() - t0
+                    if dt >= self.slow_callback_duration:
+                        _logger.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
+                finally:
+                    self._current_handle = None
+        else:
+            for _ in range(ntodo):
+                handle = popleft()
+                if not handle._cancelled:
+                    handle._run()
+        handle = None   # break cycles if a callback raised
