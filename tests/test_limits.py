@@ -228,6 +228,79 @@ def test_streams_drain_bounds_the_buffer_against_a_slow_reader(loop):
     assert seen["max"] <= 64 * 1024 + chunk, seen["max"]
 
 
+class _PausedReader(asyncio.Protocol):
+    """Stops reading at the first byte, as a server whose consumer is busy;
+    counts what reached it while paused."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.received = 0
+        self.received_while_paused = 0
+        self.paused = False
+        self.paused_once = False
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.hash.update(data)
+        self.received += len(data)
+        if self.paused:
+            self.received_while_paused += len(data)
+        elif not self.paused_once:
+            self.paused = self.paused_once = True
+            self.transport.pause_reading()
+
+    def eof_received(self):
+        self.done.set_result(self.hash.digest())
+
+    def resume(self):
+        self.paused = False
+        self.transport.resume_reading()
+
+
+def test_pause_reading_bounds_what_the_server_takes_in(loop):
+    # A fast sender and a server that paused reading: the server must stop
+    # taking bytes in (the sender blocks on full socket buffers) instead of
+    # reading them into memory; after resume_reading every byte arrives.
+    payload = os.urandom(64 * 1024 * 1024)
+
+    async def main():
+        protocols = []
+
+        def factory():
+            protocols.append(_PausedReader())
+            return protocols[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        sending = asyncio.ensure_future(_send_all(writer, payload))
+        await asyncio.sleep(0.5)   # long enough for an unbounded reader to swallow it all
+        proto = protocols[0]
+        taken_while_paused = proto.received_while_paused
+        assert not sending.done(), "the whole payload went through a paused reader"
+        proto.resume()
+        await sending
+        digest = await proto.done
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return taken_while_paused, digest
+
+    taken_while_paused, digest = run(loop, main(), timeout=120)
+    assert digest == _sha(payload)
+    # Held data for a paused transport is bounded (a socket buffer's worth).
+    assert taken_while_paused <= 1024 * 1024, taken_while_paused
+
+
+async def _send_all(writer, payload: bytes) -> None:
+    for off in range(0, len(payload), 1024 * 1024):
+        writer.write(payload[off:off + 1024 * 1024])
+        await writer.drain()
+    writer.write_eof()
+
+
 # ---- bursts: provided buffers and the CQ ----------------------------------------
 
 class _Echo(asyncio.Protocol):
