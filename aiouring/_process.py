@@ -92,12 +92,6 @@ def _reap_orphan(pid: int, loop_repr: str) -> None:
 
 def _hand_to_orphan_reaper(pid: int, loop) -> None:
     """Make sure a child whose loop closed before it exited never stays a zombie."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return
-    if done:
-        return
     thread = threading.Thread(target=_reap_orphan, args=(pid, repr(loop)),
                               name=f"aiouring-orphan-reaper-{pid}", daemon=True)
     thread.start()
@@ -106,13 +100,14 @@ def _hand_to_orphan_reaper(pid: int, loop) -> None:
 class _ChildWatch:
     """What both ways of watching a child share: delivering its returncode."""
 
-    __slots__ = ("loop", "pid", "transport", "closing")
+    __slots__ = ("loop", "pid", "transport", "closing", "ud")
 
     def __init__(self, loop, pid: int, transport) -> None:
         self.loop = loop
         self.pid = pid
         self.transport = transport
         self.closing = False
+        self.ud = 0
 
     def abandon(self) -> None:
         # The loop is closing and has asked the kernel to cancel us.
@@ -129,6 +124,24 @@ class _ChildWatch:
         self.loop.call_soon(self.transport._process_exited, returncode)
 
     def orphan(self) -> None:
+        """The watch was cancelled by the loop's close (which has not yet
+        refused callbacks): collect an exit that is already there, else leave
+        the child to the orphan reaper."""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            self.loop._child_watches.pop(self.pid, None)
+            return
+        if pid:
+            self.deliver(os.waitstatus_to_exitcode(status))
+            return
+        self.loop._child_watches.pop(self.pid, None)
+        _hand_to_orphan_reaper(self.pid, self.loop)
+
+    def forget(self) -> None:
+        """The ring closed with this watch unanswered (no CQE will come) and
+        the loop is closed: only the reaping is left to do."""
+        self.loop._ops.handlers.pop(self.ud, None)
         self.loop._child_watches.pop(self.pid, None)
         _hand_to_orphan_reaper(self.pid, self.loop)
 
@@ -143,7 +156,7 @@ class _WaitidWatch(_ChildWatch):
         self.info = Ring.alloc("siginfo_t *")
 
     def submit(self) -> int:
-        ud = self.loop._ops.register(self)
+        self.ud = ud = self.loop._ops.register(self)
         self.loop._ring.prep2(_OP_WAITID, self.pid, Ring.null, uapi.P_PID, self.info, 0, ud,
                               file_index=uapi.WEXITED)
         return ud
@@ -180,9 +193,15 @@ class _PidfdWatch(_ChildWatch):
         return watch
 
     def submit(self) -> int:
-        ud = self.loop._ops.register(self)
+        self.ud = ud = self.loop._ops.register(self)
         self.loop._ring.prep(_OP_POLL_ADD, self.pidfd, Ring.null, 0, 0, _POLLIN, ud)
         return ud
+
+    def forget(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        super().forget()
 
     def __call__(self, res: int, flags: int) -> None:
         os.close(self.pidfd)
@@ -226,6 +245,15 @@ class ChildProcessMixin:
         else:
             watch = _PidfdWatch.start(self, pid, transport)
         watches[pid] = watch
+
+    def close(self) -> None:
+        super().close()  # type: ignore[misc]
+        # The loop's close drained the ring, which answered every watch. If it
+        # could not (closed from a thread that may not drive the ring), the
+        # kernel dropped the watches unanswered: their children still need
+        # reaping.
+        for watch in list(getattr(self, "_child_watches", {}).values()):
+            watch.forget()
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize,
                                          extra=None, **kwargs):

@@ -13,12 +13,13 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from aiouring._process import returncode_from_child_status
-from tests.support import loop, loop_kind, run  # noqa: F401  (fixtures)
+from tests.support import LOOP_KINDS, loop, loop_kind, make_loop, open_fds, run  # noqa: F401  (fixtures)
 
 PY = sys.executable
 PIPE = asyncio.subprocess.PIPE
@@ -476,3 +477,83 @@ def test_exit_status_taken_by_popen_itself(loop, loop_kind, watch):
         return await p.wait()
 
     assert run(loop, main()) == 5
+
+
+@pytest.mark.parametrize("watch", WATCH_KINDS)
+def test_child_exits_before_close_of_a_loop_not_running(loop, watch):
+    """The child exits while nobody runs the loop, then the loop is closed: the
+    exit is collected during the close (no zombie) and not lost on aiouring."""
+    use_watch(loop, watch)
+
+    async def start():
+        return await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 3")
+
+    proc = run(loop, start())
+    pid = proc.pid
+    time.sleep(0.3)
+    loop.close()
+    wait_reaped(pid)
+    if hasattr(loop, "_child_watches"):
+        assert proc.returncode == 3 and watches_in_flight(loop) == 0
+
+
+@pytest.mark.parametrize("watch", WATCH_KINDS)
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_loop_closed_from_another_thread_still_reaps(kind, watch, caplog):
+    """A loop run in one thread and closed from another (a common pattern).
+    aiouring's ring may only be driven by the thread that ran it, so that close
+    cannot drain; the unanswered child watch must still end with the child
+    reaped. (Not the ``loop`` fixture: its no-ops-left check is about drained
+    closes.)"""
+    if kind == "asyncio" and sys.version_info >= (3, 12):
+        pytest.skip("asyncio 3.12+'s default PidfdChildWatcher leaves this child a zombie")
+    fds_before = open_fds()
+    lp = make_loop(kind)
+    try:
+        use_watch(lp, watch)
+    except BaseException:
+        lp.close()
+        raise
+
+    async def start():
+        return await asyncio.create_subprocess_exec("sleep", "0.3")
+
+    runner = threading.Thread(target=lambda: setattr(lp, "proc", run(lp, start())))
+    runner.start()
+    runner.join()
+    pid = lp.proc.pid
+    lp.close()   # from the main thread, not the one that ran the loop
+    assert lp.is_closed()
+    wait_reaped(pid)
+    assert watches_in_flight(lp) == 0
+    if kind == "aiouring":
+        assert "could not drain" in caplog.text   # the situation under test
+        assert not [h for h in lp._ops.handlers.values() if type(h).__module__ == "aiouring._process"]
+    del lp.proc
+    gc.collect()
+    assert not {fd for fd in open_fds() - fds_before if os.path.exists(f"/proc/self/fd/{fd}")}
+
+
+def test_cpython_watchers_work_on_the_loop_api(loop):
+    """CPython's own child watchers, used directly, run on the loop's reader
+    (PidfdChildWatcher) and signal (SafeChildWatcher) APIs."""
+    import warnings
+    from asyncio import unix_events
+
+    results = {}
+
+    async def main():
+        for name in ("PidfdChildWatcher", "SafeChildWatcher"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                watcher = getattr(unix_events, name)()
+            watcher.attach_loop(loop)
+            done = loop.create_future()
+            child = subprocess.Popen(["/bin/sh", "-c", "exit 7"])
+            watcher.add_child_handler(child.pid, lambda pid, rc: done.set_result((pid == child.pid, rc)))
+            results[name] = await asyncio.wait_for(done, 20)
+            child.returncode = results[name][1]   # reaped by the watcher, not by Popen
+            watcher.close()
+
+    run(loop, main())
+    assert results == {"PidfdChildWatcher": (True, 7), "SafeChildWatcher": (True, 7)}
