@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import threading
 from asyncio import unix_events
 from typing import Any, Optional
@@ -53,7 +54,7 @@ logger = logging.getLogger("aiouring")
 
 _OP_WAITID = uapi.IORING_OP_WAITID
 _OP_POLL_ADD = uapi.IORING_OP_POLL_ADD
-_POLLIN = 0x001
+_POLLIN = select.POLLIN
 _CLD_EXITED = os.CLD_EXITED
 _CLD_KILLED = os.CLD_KILLED
 _CLD_DUMPED = os.CLD_DUMPED
@@ -210,12 +211,16 @@ class _PidfdWatch(_ChildWatch):
             self.orphan()
             return
         try:
-            # The pidfd is readable once the child is a zombie: this never blocks.
-            _, status = os.waitpid(self.pid, 0)
+            # Readable means the child is a zombie, but never risk blocking the
+            # loop on a wakeup that was something else: don't wait.
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
             self.deliver(_exit_status_taken(self.pid, self.transport))
-        else:
+            return
+        if pid:
             self.deliver(os.waitstatus_to_exitcode(status))
+        else:
+            self.loop._child_watches[self.pid] = _PidfdWatch.start(self.loop, self.pid, self.transport)
 
 
 class ChildProcessMixin:
@@ -226,9 +231,12 @@ class ChildProcessMixin:
 
     _ring: Any
     _ops: Any
-    # pid -> the watch in flight for it; "waitid" or "pidfd" decided once per loop.
-    _child_watches: dict
+    # "waitid" or "pidfd", decided on first use from the ring's probe.
     _child_watch_kind: Optional[str] = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._child_watches: dict = {}   # pid -> the watch in flight for it
+        super().__init__(*args, **kwargs)
 
     def _child_watch_method(self) -> str:
         kind = self._child_watch_kind
@@ -238,13 +246,12 @@ class ChildProcessMixin:
         return kind
 
     def _watch_child(self, pid: int, transport) -> None:
-        watches = self.__dict__.setdefault("_child_watches", {})
         if self._child_watch_method() == "waitid":
             watch: _ChildWatch = _WaitidWatch(self, pid, transport)
             watch.submit()
         else:
             watch = _PidfdWatch.start(self, pid, transport)
-        watches[pid] = watch
+        self._child_watches[pid] = watch
 
     def close(self) -> None:
         super().close()  # type: ignore[misc]
@@ -252,7 +259,7 @@ class ChildProcessMixin:
         # could not (closed from a thread that may not drive the ring), the
         # kernel dropped the watches unanswered: their children still need
         # reaping.
-        for watch in list(getattr(self, "_child_watches", {}).values()):
+        for watch in list(self._child_watches.values()):
             watch.forget()
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize,
