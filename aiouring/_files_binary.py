@@ -41,7 +41,7 @@ import errno
 import io
 import os
 import warnings
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 _CancelledError = asyncio.CancelledError
 _UnsupportedOperation = io.UnsupportedOperation
@@ -90,14 +90,14 @@ class _StreamLock:
     async def __aenter__(self) -> None:
         await self.acquire()
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.release()
 
 
 class BinaryFile:
     """An open binary file. Built by :func:`aiouring.open`; not by users."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("use aiouring.open() to open files")
 
     @classmethod
@@ -406,7 +406,7 @@ class BinaryFile:
                 self._roff = 0
             return self._rbuf[self._roff:]
 
-    async def readinto(self, buffer) -> int:
+    async def readinto(self, buffer: Any) -> int:
         """Read into a writable buffer; return the number of bytes read."""
         view = memoryview(buffer).cast("B")
         if view.readonly:
@@ -415,7 +415,7 @@ class BinaryFile:
         view[:len(data)] = data
         return len(data)
 
-    async def readinto1(self, buffer) -> int:
+    async def readinto1(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         if view.readonly:
             raise TypeError(f"readinto1() argument must be read-write bytes-like object, not {type(buffer).__name__}")
@@ -481,7 +481,7 @@ class BinaryFile:
             if 0 < hint <= total:
                 return lines
 
-    def __aiter__(self):
+    def __aiter__(self) -> "BinaryFile":
         self._check_closed()
         return self
 
@@ -493,7 +493,7 @@ class BinaryFile:
 
     # ---- writing ----------------------------------------------------------
 
-    async def write(self, data) -> int:
+    async def write(self, data: Any) -> int:
         """Write ``data``. Buffered: returns ``len(data)``; the bytes reach the
         kernel when the buffer fills, on flush, seek or close. Unbuffered: one
         write, which may be short."""
@@ -535,7 +535,7 @@ class BinaryFile:
                 await self._flush_unlocked()
             return n
 
-    async def writelines(self, lines) -> None:
+    async def writelines(self, lines: Iterable[Any]) -> None:
         for line in lines:
             await self.write(line)
 
@@ -606,7 +606,7 @@ class BinaryFile:
                 await self._flush_unlocked()
         return await self._io.read(self._fd, size, offset)
 
-    async def pwrite(self, data, offset: int) -> int:
+    async def pwrite(self, data: Any, offset: int) -> int:
         """Write ``data`` at ``offset`` without moving the position; returns
         the number of bytes written (may be short, as os.pwrite)."""
         self._check_closed("write to closed file")
@@ -674,10 +674,10 @@ class BinaryFile:
         if self._closefd:
             await self._io.close(self._fd)
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> "BinaryFile":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def __del__(self) -> None:

@@ -26,7 +26,7 @@ import io
 import locale
 import os
 import sys
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 from ._files_binary import BinaryFile
 
@@ -72,7 +72,7 @@ def _unpack_cookie(cookie: int):
 class TextFile:
     """An open text file. Built by :func:`aiouring.open`; not by users."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("use aiouring.open() to open files")
 
     @classmethod
@@ -110,7 +110,7 @@ class TextFile:
     # ---- plumbing ---------------------------------------------------------
 
     @property
-    def name(self):
+    def name(self) -> Any:
         return self.buffer.name
 
     @property
@@ -118,7 +118,7 @@ class TextFile:
         return self.buffer.closed
 
     @property
-    def newlines(self):
+    def newlines(self) -> Any:
         return getattr(self._decoder, "newlines", None) if self._decoder else None
 
     def fileno(self) -> int:
@@ -284,7 +284,7 @@ class TextFile:
             if 0 < hint <= total:
                 return lines
 
-    def __aiter__(self):
+    def __aiter__(self) -> "TextFile":
         self._check_closed()
         return self
 
@@ -315,7 +315,7 @@ class TextFile:
             self._decoder.reset()
         return length
 
-    async def writelines(self, lines) -> None:
+    async def writelines(self, lines: Iterable[Any]) -> None:
         for line in lines:
             await self.write(line)
 
@@ -467,8 +467,8 @@ class TextFile:
     async def close(self) -> None:
         await self.buffer.close()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> "TextFile":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()

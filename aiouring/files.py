@@ -47,9 +47,10 @@ import asyncio
 import collections
 import io
 import os
+import socket
 import stat as _stat
 import warnings
-from typing import Optional
+from typing import Any, Callable, Generator, Generic, Literal, Optional, TypeVar, Union, overload
 
 from ._files_backend import file_ops
 from ._files_binary import BinaryFile
@@ -63,6 +64,26 @@ __all__ = [
 ]
 
 _builtin_open = open
+
+StrPath = Union[str, "os.PathLike[str]"]
+BytesPath = Union[bytes, "os.PathLike[bytes]"]
+FileDescriptorOrPath = Union[int, StrPath, BytesPath]
+AnyPath = Union[StrPath, BytesPath]
+
+# The modes, as typeshed spells them for builtins.open, so that mypy picks the
+# file type from the mode as it does for the built-in.
+_TextMode = Literal[
+    "r+", "+r", "rt+", "r+t", "+rt", "tr+", "t+r", "+tr", "w+", "+w", "wt+", "w+t", "+wt", "tw+", "t+w", "+tw",
+    "a+", "+a", "at+", "a+t", "+at", "ta+", "t+a", "+ta", "x+", "+x", "xt+", "x+t", "+xt", "tx+", "t+x", "+tx",
+    "w", "wt", "tw", "a", "at", "ta", "x", "xt", "tx", "r", "rt", "tr",
+]
+_BinaryMode = Literal[
+    "rb+", "r+b", "+rb", "br+", "b+r", "+br", "wb+", "w+b", "+wb", "bw+", "b+w", "+bw",
+    "ab+", "a+b", "+ab", "ba+", "b+a", "+ba", "xb+", "x+b", "+xb", "bx+", "b+x", "+bx",
+    "rb", "br", "wb", "bw", "ab", "ba", "xb", "bx",
+]
+_Opener = Callable[[str, int], int]
+_F = TypeVar("_F", TextFile, BinaryFile)
 
 # Whole-file helpers split big files into pieces of this size and keep up to
 # _WINDOW of them in flight: 1 MiB pieces amortize the per-request cost, and
@@ -149,6 +170,7 @@ async def _open(file, mode="r", buffering=-1, encoding=None, errors=None, newlin
         check_text_encoding(encoding)
         if errors is None:
             errors = "strict"
+    ops = file_ops()
     if isinstance(file, int):
         if file < 0:
             raise ValueError("negative file descriptor")
@@ -156,7 +178,6 @@ async def _open(file, mode="r", buffering=-1, encoding=None, errors=None, newlin
     else:
         if not closefd:
             raise ValueError("Cannot use closefd=False with file name")
-        ops = file_ops()
         if opener is None:
             fd = await ops.open(file, flags, 0o666)
         else:
@@ -165,7 +186,6 @@ async def _open(file, mode="r", buffering=-1, encoding=None, errors=None, newlin
                 raise TypeError("expected integer from opener")
             if fd < 0:
                 raise ValueError(f"opener returned {fd}")
-    ops = file_ops()
     try:
         st = os.fstat(fd)
         if _stat.S_ISDIR(st.st_mode):
@@ -188,7 +208,7 @@ async def _open(file, mode="r", buffering=-1, encoding=None, errors=None, newlin
     return TextFile._create(bfile, encoding, errors, newline, line_buffering, mode)
 
 
-class _Opening:
+class _Opening(Generic[_F]):
     """What :func:`open` returns: await it for the file, or use it as an async
     context manager that closes the file on exit (as aiofiles' open). The
     opening starts when it is awaited, so an unawaited (or cancelled before
@@ -196,23 +216,39 @@ class _Opening:
 
     __slots__ = ("_args", "_file")
 
-    def __init__(self, args) -> None:
+    def __init__(self, args: tuple) -> None:
         self._args = args
-        self._file = None
+        self._file: Optional[_F] = None
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, _F]:
         return _open(*self._args).__await__()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> _F:
         self._file = await _open(*self._args)
         return self._file
 
-    async def __aexit__(self, *exc) -> None:
-        await self._file.close()
+    async def __aexit__(self, *exc: object) -> None:
+        if self._file is not None:
+            await self._file.close()
 
 
-def open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
-         closefd=True, opener=None):
+@overload
+def open(file: FileDescriptorOrPath, mode: _TextMode = "r", buffering: int = -1, encoding: Optional[str] = None,
+         errors: Optional[str] = None, newline: Optional[str] = None, closefd: bool = True,
+         opener: Optional[_Opener] = None) -> _Opening[TextFile]: ...
+@overload
+def open(file: FileDescriptorOrPath, mode: _BinaryMode, buffering: int = -1, encoding: None = None,
+         errors: None = None, newline: None = None, closefd: bool = True,
+         opener: Optional[_Opener] = None) -> _Opening[BinaryFile]: ...
+@overload
+def open(file: FileDescriptorOrPath, mode: str, buffering: int = -1, encoding: Optional[str] = None,
+         errors: Optional[str] = None, newline: Optional[str] = None, closefd: bool = True,
+         opener: Optional[_Opener] = None) -> _Opening[Any]: ...
+
+
+def open(file: FileDescriptorOrPath, mode: str = "r", buffering: int = -1, encoding: Optional[str] = None,
+         errors: Optional[str] = None, newline: Optional[str] = None, closefd: bool = True,
+         opener: Optional[_Opener] = None) -> _Opening[Any]:
     """Open a file, as the built-in ``open`` does, and return an awaitable
     async context manager for the :class:`TextFile` or :class:`BinaryFile`."""
     return _Opening((file, mode, buffering, encoding, errors, newline, closefd, opener))
@@ -220,18 +256,18 @@ def open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
 
 # ---- path operations ----------------------------------------------------------
 
-async def stat(path, *, follow_symlinks: bool = True) -> os.stat_result:
+async def stat(path: Union[int, AnyPath], *, follow_symlinks: bool = True) -> os.stat_result:
     """``os.stat`` (statx on the ring). ``path`` may be an fd."""
     if not isinstance(path, int):
         path = os.fspath(path)
     return await file_ops().stat(path, follow_symlinks)
 
 
-async def lstat(path) -> os.stat_result:
+async def lstat(path: AnyPath) -> os.stat_result:
     return await stat(path, follow_symlinks=False)
 
 
-async def exists(path) -> bool:
+async def exists(path: Union[int, AnyPath]) -> bool:
     """``os.path.exists``: False for a missing path or a broken link."""
     try:
         await stat(path)
@@ -240,52 +276,52 @@ async def exists(path) -> bool:
     return True
 
 
-async def isfile(path) -> bool:
+async def isfile(path: Union[int, AnyPath]) -> bool:
     try:
         return _stat.S_ISREG((await stat(path)).st_mode)
     except (OSError, ValueError):
         return False
 
 
-async def isdir(path) -> bool:
+async def isdir(path: Union[int, AnyPath]) -> bool:
     try:
         return _stat.S_ISDIR((await stat(path)).st_mode)
     except (OSError, ValueError):
         return False
 
 
-async def getsize(path) -> int:
+async def getsize(path: Union[int, AnyPath]) -> int:
     return (await stat(path)).st_size
 
 
-async def rename(src, dst) -> None:
+async def rename(src: AnyPath, dst: AnyPath) -> None:
     await file_ops().rename(os.fspath(src), os.fspath(dst))
 
 
-async def replace(src, dst) -> None:
+async def replace(src: AnyPath, dst: AnyPath) -> None:
     await file_ops().replace(os.fspath(src), os.fspath(dst))
 
 
-async def unlink(path) -> None:
+async def unlink(path: AnyPath) -> None:
     await file_ops().unlink(os.fspath(path))
 
 
 remove = unlink
 
 
-async def mkdir(path, mode: int = 0o777) -> None:
+async def mkdir(path: AnyPath, mode: int = 0o777) -> None:
     await file_ops().mkdir(os.fspath(path), mode)
 
 
-async def rmdir(path) -> None:
+async def rmdir(path: AnyPath) -> None:
     await file_ops().rmdir(os.fspath(path))
 
 
-async def link(src, dst, *, follow_symlinks: bool = True) -> None:
+async def link(src: AnyPath, dst: AnyPath, *, follow_symlinks: bool = True) -> None:
     await file_ops().link(os.fspath(src), os.fspath(dst), follow_symlinks)
 
 
-async def symlink(src, dst) -> None:
+async def symlink(src: AnyPath, dst: AnyPath) -> None:
     await file_ops().symlink(os.fspath(src), os.fspath(dst))
 
 
@@ -315,7 +351,7 @@ async def _read_range(ops, fd: int, start: int, length: int) -> list:
     return pieces
 
 
-async def read_bytes(path) -> bytes:
+async def read_bytes(path: AnyPath) -> bytes:
     """The whole file, as ``Path.read_bytes``: big files are read with several
     reads in flight."""
     ops = file_ops()
@@ -355,7 +391,8 @@ async def _read_to_eof(ops, fd: int, offset: int) -> bytes:
         n = _PIECE
 
 
-async def read_text(path, encoding=None, errors=None, newline=None) -> str:
+async def read_text(path: AnyPath, encoding: Optional[str] = None, errors: Optional[str] = None,
+                    newline: Optional[str] = None) -> str:
     """The whole file decoded, as ``open(path, encoding=..., errors=...,
     newline=...).read()``."""
     data = await read_bytes(path)
@@ -364,7 +401,7 @@ async def read_text(path, encoding=None, errors=None, newline=None) -> str:
         return wrapper.read()
 
 
-async def write_bytes(path, data) -> int:
+async def write_bytes(path: AnyPath, data: Any) -> int:
     """Replace the file's contents with ``data``; big data is written with
     several writes in flight."""
     view = memoryview(data).cast("B")
@@ -396,7 +433,8 @@ async def _write_range(ops, fd: int, data: bytes, start: int) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def write_text(path, data: str, encoding=None, errors=None, newline=None) -> int:
+async def write_text(path: AnyPath, data: str, encoding: Optional[str] = None, errors: Optional[str] = None,
+                     newline: Optional[str] = None) -> int:
     """Replace the file's contents with ``data`` encoded as the built-in text
     file would write it; returns ``len(data)``."""
     if not isinstance(data, str):
@@ -411,7 +449,7 @@ async def write_text(path, data: str, encoding=None, errors=None, newline=None) 
     return len(data)
 
 
-async def copyfile(src, dst) -> int:
+async def copyfile(src: AnyPath, dst: AnyPath) -> int:
     """Copy ``src``'s contents to ``dst`` (created or truncated), with several
     reads and writes in flight; returns the number of bytes copied."""
     async with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
@@ -430,7 +468,7 @@ async def copyfile(src, dst) -> int:
                 return offset
 
 
-async def sendfile(sock, path, *, offset: int = 0, count: Optional[int] = None) -> int:
+async def sendfile(sock: socket.socket, path: AnyPath, *, offset: int = 0, count: Optional[int] = None) -> int:
     """Send a file's contents over a connected non-blocking socket, reading
     the next piece while the previous one is being sent; returns bytes sent."""
     loop = asyncio.get_running_loop()

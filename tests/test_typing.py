@@ -114,9 +114,6 @@ FILES = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.xfail(strict=True, reason="aiouring.open (aiouring/files.py) has no annotations yet: "
-                   "mypy --strict reports a call to an untyped function and infers Any for reads. "
-                   "Remove this mark when it is typed (overloads on the mode, as builtins.open).")
 def test_file_api_is_typed(tmp_path):
     out = _mypy(tmp_path, "files_usage.py", FILES)
     revealed = [t.replace("builtins.", "") for t in re.findall(r'Revealed type is "([^"]+)"', out)]
