@@ -154,11 +154,15 @@ def _child(kind: str, module: str) -> int:
     return 0
 
 
-def _run_module(kind: str, module: str) -> dict:
+def _run_module(kind: str, module: str, debug: bool = False) -> dict:
     started = time.monotonic()
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, module]
+    env = dict(os.environ)
+    if debug:
+        env["PYTHONASYNCIODEBUG"] = "1"
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_MODULE_TIMEOUT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_MODULE_TIMEOUT, env=env,
+                              stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return {"module": module, "loop": kind, "crashed": f"timed out after {_MODULE_TIMEOUT:.0f}s",
                 "seconds": time.monotonic() - started}
@@ -190,6 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="list tests that fail only on aiouring")
     parser.add_argument("--tracebacks", action="store_true", help="with -v: print their tracebacks")
     parser.add_argument("--json", help="write the full reports to this file")
+    parser.add_argument("--debug", action="store_true", help="run both sides in asyncio debug mode")
     args = parser.parse_args(argv)
     if args.child:
         return _child(args.child, args.modules[0])
@@ -199,7 +204,7 @@ def main(argv=None) -> int:
     print(f"{'module':24s} " + "  ".join(f"{k:>40s}" for k in kinds) + "   only-aiouring-failures")
     regressions_total = 0
     for module in args.modules:
-        row = {kind: _run_module(kind, module) for kind in kinds}
+        row = {kind: _run_module(kind, module, args.debug) for kind in kinds}
         reports.extend(row.values())
         regressions: list = []
         if "aiouring" in row and "asyncio" in row and "crashed" not in row["aiouring"]:
