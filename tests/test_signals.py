@@ -227,3 +227,37 @@ def test_ctrl_c_cancels_the_main_task(runner):
             child.kill()
             child.wait()
     assert (out, child.returncode) == ("main task cancelled\nKeyboardInterrupt\n", 3), err
+
+
+_PLAIN_CTRL_C_CHILD = textwrap.dedent("""
+    import asyncio, sys
+    sys.path.insert(0, {repo!r})
+    import aiouring
+
+    loop = aiouring.Loop() if sys.argv[1] == "aiouring" else asyncio.SelectorEventLoop()
+    # No loop signal handler anywhere, so no wakeup fd: only the interrupted
+    # wait (EINTR) can bring Python's KeyboardInterrupt to the loop.
+    print("ready", flush=True)
+    try:
+        loop.run_until_complete(asyncio.sleep(3600))
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+    finally:
+        loop.close()
+""")
+
+
+@pytest.mark.parametrize("kind", ["aiouring", "asyncio"])
+def test_ctrl_c_without_any_signal_handler_interrupts_the_wait(kind):
+    child = subprocess.Popen([PY, "-c", _PLAIN_CTRL_C_CHILD.format(repo=REPO), kind],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(0.2)   # the loop is now blocked in the kernel
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert (out, child.returncode) == ("KeyboardInterrupt\n", 0), err
