@@ -31,7 +31,12 @@ class RunOnceMixin:
 
     def call_soon(self, callback, *args, context=None):
         if self._debug:
-            return super().call_soon(callback, *args, context=context)
+            handle = super().call_soon(callback, *args, context=context)
+            if handle._source_traceback:
+                # Our frame, as asyncio drops its own: the traceback must end
+                # at the caller's line.
+                del handle._source_traceback[-1]
+            return handle
         if self._closed:
             raise RuntimeError("Event loop is closed")
         handle = _Handle(callback, args, self, context)

@@ -707,3 +707,17 @@ def test_create_task_name_and_context(loop):
         return await t
 
     assert run(loop, main()) == 9
+
+
+def test_debug_handles_remember_where_they_were_scheduled(loop):
+    """In debug mode a handle's source traceback ends at the caller's line
+    (CPython's test_handle_source_traceback), not inside the loop."""
+    loop.set_debug(True)
+    this_file = __file__.rstrip("c")
+    h = loop.call_soon(lambda: None)
+    t = loop.call_later(1, lambda: None)
+    ts = loop.call_soon_threadsafe(lambda: None)
+    for handle in (h, t, ts):
+        assert handle._source_traceback[-1][0] == this_file
+        assert handle._source_traceback[-1][2] == "test_debug_handles_remember_where_they_were_scheduled"
+        handle.cancel()
