@@ -130,11 +130,12 @@ class ThreadFileOps:
         try:
             return await asyncio.shield(cfut)
         except _CancelledError:
-            if on_late is not None:
-                def late(f, on_late=on_late):
-                    if not f.cancelled() and f.exception() is None:
-                        on_late(f.result())
-                cfut.add_done_callback(late)
+            def late(f, on_late=on_late):
+                # Always look at the outcome (so an error is not logged as
+                # "never retrieved"); hand a late success to on_late.
+                if not f.cancelled() and f.exception() is None and on_late is not None:
+                    on_late(f.result())
+            cfut.add_done_callback(late)
             raise
 
     async def open(self, path, flags: int, mode: int) -> int:
@@ -386,6 +387,7 @@ class RingFileOps(ThreadFileOps):
         fut, ud = self._start(uapi.IORING_OP_CLOSE, fd, Ring.null, 0, 0, 0)
         # A close cannot be taken back: a cancelled caller still gets the fd
         # closed, and the CQE is awaited only by whoever is not cancelled.
+        fut.add_done_callback(_ignore_result)
         await asyncio.shield(fut)
 
     def close_nowait(self, fd: int) -> None:

@@ -47,6 +47,11 @@ _CancelledError = asyncio.CancelledError
 _UnsupportedOperation = io.UnsupportedOperation
 
 
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _StreamLock:
     """A FIFO lock for one stream's operations, with a synchronous fast path
     (``try_acquire``) for the common uncontended case: a stream read then costs
@@ -628,6 +633,7 @@ class BinaryFile:
         except _CancelledError:
             if not fut.done():
                 cancel()
+                fut.add_done_callback(_retrieve)   # its -ECANCELED is nobody's error now
             raise
 
     async def fsync(self) -> None:
