@@ -71,14 +71,19 @@ from .ring import Ring, error_from_result, uapi
 __all__ = ["RingTransportsMixin", "RingSocketTransport"]
 
 # ---- tunables -------------------------------------------------------------
-# The loop's receive buffer ring. 32 KiB per buffer: one CQE per read for
-# typical messages (a 64 KiB echo takes two or three reads, as loopback
-# delivers it in segments anyway); 1024 buffers: one iteration can complete a
-# read on ~1000 connections before the ring runs dry (-ENOBUFS just re-arms).
-# 32 MiB of address space, touched as traffic needs it.
+# The loop's receive buffer ring: 128 buffers of 64 KiB (8 MiB). 64 KiB takes
+# a 64 KiB message (what loopback queues for one send) in one CQE; 32 KiB
+# needed two CQEs, two data_received calls and two sends per message. The ring
+# is recycled FIFO, so every buffer is touched in turn: its footprint is what
+# the kernel copies into, and the recv copy measured twice as expensive with
+# 1024 x 32 KiB (cold cache lines) as uvloop's one hot 256 KiB buffer. 128
+# buffers serve one iteration's reads on 128 connections; beyond that a
+# receive ends with ENOBUFS and is re-armed (the data waits in the socket).
+# Incremental consumption (IOU_PBUF_RING_INC, 6.12) would pack small reads
+# densely into fewer buffers: the next step.
 _RECV_GROUP_ID = 0x5A
-_RECV_BUFFERS = 1024
-_RECV_BUFFER_SIZE = 32 * 1024
+_RECV_BUFFERS = 128
+_RECV_BUFFER_SIZE = 64 * 1024
 # Bytes held for a paused transport before its multishot receive is asked to
 # stop, so that the peer feels back-pressure. About one socket buffer.
 _HOLD_LIMIT = 256 * 1024

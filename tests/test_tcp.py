@@ -1042,3 +1042,34 @@ def test_loop_close_with_connections_still_open(loop, loop_kind):
     if loop_kind == "aiouring":
         assert len(loop._ops) == 0
 
+
+
+def test_receive_buffer_ring_exhaustion_loses_nothing(loop, loop_kind, monkeypatch):
+    """With only two receive buffers, many connections receiving at once run
+    the ring dry (ENOBUFS ends their multishot receives) and must re-arm
+    without losing or reordering a byte. On asyncio's loop the same traffic
+    is the oracle."""
+    from aiouring import transports
+    monkeypatch.setattr(transports, "_RECV_BUFFERS", 2)
+    monkeypatch.setattr(transports, "_RECV_BUFFER_SIZE", 4096)
+
+    async def main():
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        if loop_kind == "aiouring":
+            assert loop._stream_buffers().ring.entries == 2
+
+        async def client(i):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            data = payload(200_000 + i, seed=i)
+            writer.write(data)
+            got = await reader.readexactly(len(data))
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            writer.close()
+            await writer.wait_closed()
+
+        await asyncio.gather(*(client(i) for i in range(40)))
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main(), timeout=60)
