@@ -42,6 +42,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -267,10 +268,14 @@ class Server:
         else:
             self.cmd = pin + [python, SERVERS, "--loop", loop, "--mode", mode]
         self.proc = None
+        self.errfile = None
         self.loop_class = None
 
     def start(self):
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # stderr goes to a file, not a pipe: a server that logs a lot (say, a
+        # traceback per connection) must not block on a full pipe mid-run.
+        self.errfile = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self.errfile)
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         pending = b""
@@ -307,11 +312,13 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
-    def stderr_tail(self):
-        if self.proc is None or self.proc.poll() is None:
+    def stderr_tail(self, max_chars=4000):
+        """What the server wrote to stderr so far (the last max_chars)."""
+        if self.errfile is None:
             return ""
         try:
-            return self.proc.stderr.read().decode(errors="replace")
+            self.errfile.seek(0)
+            return self.errfile.read().decode(errors="replace")[-max_chars:]
         except (OSError, ValueError):
             return ""
 
@@ -520,6 +527,9 @@ def run_one(case, loop, args, python, server_pin, client_pin):
                 raise RuntimeError(_why(server.stderr_tail(), server.proc.returncode, "server died during the load"))
         finally:
             server.stop()
+            logged = server.stderr_tail()
+            if logged.strip():
+                res["server_stderr"] = logged
     except Exception as exc:  # a failed run is recorded, the matrix goes on
         res["value"] = None
         res["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RuntimeError) else str(exc)
@@ -547,6 +557,11 @@ def summarize(case, runs, loops):
             spread = (max(ok) - min(ok)) / statistics.median(ok)
             if spread > SPREAD_WARN:
                 summary["warnings"].append(f"{loop}: rounds spread {spread:.0%} (max-min)/median")
+        logged = [r[loop]["server_stderr"] for r in runs if loop in r and r[loop].get("server_stderr")]
+        if logged:
+            last = logged[0].strip().splitlines()[-1]
+            summary["warnings"].append(f"{loop}: the server wrote to stderr in {len(logged)} round(s) "
+                                       f"(see the JSON); last line: {last[:160]}")
         failed = [r[loop].get("error") for r in runs if loop in r and r[loop].get("error")]
         if failed:
             summary["warnings"].append(f"{loop}: {len(failed)} failed round(s): {failed[0]}")
