@@ -345,7 +345,8 @@ _MEMLOCK_CHURN = textwrap.dedent("""
         deadline = time.monotonic() + 5
         while True:
             try:
-                lp = aiouring.Loop()
+                # Explicit sizes: the default ones would shrink to fit and hide a leak.
+                lp = aiouring.Loop(sq_entries=4096)
                 break
             except aiouring.UringUnavailableError:
                 # The kernel releases a closed ring's pages in a worker: give it a moment.
@@ -364,7 +365,7 @@ _MEMLOCK_CHURN = textwrap.dedent("""
             # The limit is tight enough to notice one leaked ring: a second
             # loop alongside this one does not fit.
             try:
-                aiouring.Loop().close()
+                aiouring.Loop(sq_entries=4096).close()
                 second_fits = True
             except aiouring.UringUnavailableError:
                 second_fits = False
