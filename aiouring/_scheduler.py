@@ -77,6 +77,10 @@ class RunOnceMixin:
             timeout = None
 
         selector = self._selector
+        # Completions that call protocols directly from the CQE walk (stream
+        # transports) must not overtake callbacks that were ready before this
+        # poll; they look here and queue behind them when there are any.
+        self._callbacks_before_io = len(ready)
         batch = selector._ring.submit_and_reap(timeout)
         if batch:
             selector._ready = fd_events = []

@@ -163,7 +163,6 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._sock_fd = sock.fileno()
         self._send = sock.send
         self._ops = loop._ops
-        self._ready = loop._ready
         self._register = loop._ops.register
         self._prep = loop._prep
         self._ptrs = buffers.pointers
@@ -289,7 +288,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         if res > 0:
             bid = flags >> _BUFFER_SHIFT
             if (flags & _F_MORE and not self._buffered
-                    and not (self._closing or self._paused or self._held or self._ready)):
+                    and not (self._closing or self._paused or self._held or self._loop._callbacks_before_io)):
                 # The hot path: copy out, give the buffer back, deliver.
                 data = _unpack(self._ptrs[bid], res)
                 self._recycle(bid)
@@ -310,7 +309,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         if res == 0:
             self._read_done = True
-            if self._paused or self._held or self._ready:
+            if self._paused or self._held or self._loop._callbacks_before_io:
                 self._hold_event(_EOF)
             else:
                 self._on_eof()
@@ -324,7 +323,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         else:
             self._read_done = True
             exc = error_from_result(res)
-            if self._paused or self._held or self._ready:
+            if self._paused or self._held or self._loop._callbacks_before_io:
                 self._hold_event(exc)
             else:
                 self._fatal_error(exc, "Fatal read error on socket transport")
@@ -336,10 +335,12 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         try:
             if self._closing:
                 return     # nobody reads after close(), as in asyncio
-            if self._paused or self._held or self._ready:
-                # Callbacks scheduled before this iteration's select run before
-                # its I/O, as in asyncio (a create_connection() caller resumes
-                # before the first data_received): hold the data behind them.
+            if self._paused or self._held or self._loop._callbacks_before_io:
+                # Callbacks that were ready before this iteration's poll run
+                # before its I/O, as in asyncio (a create_connection() caller
+                # resumes before the first data_received): hold the data
+                # behind them. Callbacks scheduled by this batch's own
+                # deliveries run after all of them, also as in asyncio.
                 self._hold(_unpack(self._ptrs[bid], res))
             elif self._buffered:
                 rest = self._feed_buffered(memoryview(_cbuffer(self._ptrs[bid], res)))
@@ -735,6 +736,7 @@ class RingTransportsMixin:
 
     _recv_buffers = None   # the shared BufferRing; False when unavailable
     _deferred_transports: list = []   # replaced per loop on first use
+    _callbacks_before_io = 0   # set by the run-once step before each poll
 
     def _defer_delivery(self, transport) -> None:
         """Deliver ``transport``'s held data from the ready queue, behind the
