@@ -186,7 +186,9 @@ class TextFile:
         self._set_decoded(chars)
         self._b2cratio = len(raw) / len(chars) if chars else 0.0
         self._snapshot = (dec_flags, dec_buffer + raw)
-        return not eof
+        # As the built-in: the final decode may still produce characters (a
+        # held-back "\r"); that chunk is not EOF yet, the next (empty) one is.
+        return not eof or bool(chars)
 
     def _check_readable(self) -> None:
         if not self.buffer.readable():
