@@ -287,8 +287,18 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         """Every CQE of the multishot receive, straight from the CQE walk."""
         if res > 0:
             bid = flags >> _BUFFER_SHIFT
-            if (flags & _F_MORE and not self._buffered
+            if (flags & _F_MORE
                     and not (self._closing or self._paused or self._held or self._loop._callbacks_before_io)):
+                if self._buffered:
+                    # Straight from the ring buffer into the protocol's.
+                    try:
+                        with memoryview(_cbuffer(self._ptrs[bid], res)) as src:
+                            rest = self._feed_buffered(src)
+                    finally:
+                        self._recycle(bid)
+                    if rest is not None:
+                        self._hold(rest)
+                    return
                 # The hot path: copy out, give the buffer back, deliver.
                 data = _unpack(self._ptrs[bid], res)
                 self._recycle(bid)
@@ -343,7 +353,8 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 # deliveries run after all of them, also as in asyncio.
                 self._hold(_unpack(self._ptrs[bid], res))
             elif self._buffered:
-                rest = self._feed_buffered(memoryview(_cbuffer(self._ptrs[bid], res)))
+                with memoryview(_cbuffer(self._ptrs[bid], res)) as src:
+                    rest = self._feed_buffered(src)
                 if rest is not None:
                     self._hold(rest)
             else:
@@ -372,14 +383,29 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 buf = protocol.get_buffer(-1)
                 if not len(buf):
                     raise RuntimeError("get_buffer() returned an empty buffer")
-                dst = memoryview(buf).cast("B")
+                dst = memoryview(buf)
+                if dst.format != "B":
+                    dst = dst.cast("B")
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
-                return
-            n = min(len(dst), total - offset)
-            dst[:n] = src[offset:offset + n]
+                return None
+            n = total - offset
+            if n > len(dst):
+                n = len(dst)
+            try:
+                if offset == 0 and n == total:
+                    dst[:n] = src
+                else:
+                    dst[:n] = src[offset:offset + n]
+            except (TypeError, ValueError) as exc:   # e.g. a read-only buffer, as recv_into() says
+                self._fatal_error(exc, "Fatal read error on socket transport")
+                return None
+            finally:
+                # No export of the protocol's buffer may outlive the copy: it
+                # may resize that bytearray in buffer_updated().
+                dst.release()
             offset += n
             try:
                 protocol.buffer_updated(n)
@@ -387,7 +413,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
-                return
+                return None
             if offset < total and (self._paused or self._closing):
                 return None if self._closing else bytes(src[offset:])
         return None
@@ -424,7 +450,8 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             if item.__class__ is bytes:
                 self._held_bytes -= len(item)
                 if self._buffered:
-                    rest = self._feed_buffered(memoryview(item))
+                    with memoryview(item) as src:
+                        rest = self._feed_buffered(src)
                     if rest is not None:
                         held.appendleft(rest)    # first in line, ahead of what came later
                         self._held_bytes += len(rest)

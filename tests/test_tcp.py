@@ -1073,3 +1073,71 @@ def test_receive_buffer_ring_exhaustion_loses_nothing(loop, loop_kind, monkeypat
         await server.wait_closed()
 
     run(loop, main(), timeout=60)
+
+
+def test_buffered_protocol_may_resize_its_buffer(loop, endpoint):
+    """The transport must not keep an export of the protocol's buffer while
+    calling buffer_updated(): a protocol that grows or trims its bytearray
+    there gets BufferError otherwise."""
+    data = payload(300_000, seed=12)
+
+    async def main():
+        done = loop.create_future()
+
+        class Growing(asyncio.BufferedProtocol):
+            def connection_made(self, tr):
+                self.buf = bytearray(1000)
+                self.received = bytearray()
+
+            def get_buffer(self, hint):
+                return self.buf
+
+            def buffer_updated(self, n):
+                self.received += self.buf[:n]
+                self.buf.extend(b"\0" * 10)     # resizes the buffer just filled
+                del self.buf[:5]
+
+            def eof_received(self):
+                done.set_result(bytes(self.received))
+
+        server = await endpoint.start_server(loop, Growing)
+        reader, writer = await endpoint.open_connection(server)
+        writer.write(data)
+        writer.write_eof()
+        assert await done == data
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+@pytest.mark.loop_errors_ok
+def test_buffered_protocol_read_only_buffer(loop, endpoint):
+    async def main():
+        lost = loop.create_future()
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+        class ReadOnly(asyncio.BufferedProtocol):
+            def get_buffer(self, hint):
+                return b"immutable"
+
+            def buffer_updated(self, n):
+                pass
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        server = await endpoint.start_server(loop, ReadOnly)
+        reader, writer = await endpoint.open_connection(server)
+        writer.write(b"data")
+        exc = await lost
+        assert isinstance(exc, TypeError)
+        assert errors and errors[0]["message"] == "Fatal read error on socket transport"
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
