@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Any, Iterable, Optional
 
-from ._files_binary import BinaryFile
+from ._files_binary import BinaryFile, _StreamLock
 
 _CHUNK_SIZE = 8192
 _UnsupportedOperation = io.UnsupportedOperation
@@ -96,6 +96,9 @@ class TextFile:
         # (decoder flags, bytes fed) at the start of the current decoded chunk.
         self._snapshot: Optional[tuple] = None
         self._b2cratio = 0.0
+        # Text operations of several tasks on one file run one at a time, as
+        # BinaryFile's do (decoded characters are shared state).
+        self._lock = _StreamLock()
         # Both made now, as the built-in does: a seek then sets the decoder's
         # state (for UTF-16: "byte order known") instead of a fresh decoder
         # later demanding a BOM in the middle of the file.
@@ -199,10 +202,36 @@ class TextFile:
     async def read(self, size: Optional[int] = -1) -> str:
         self._check_closed()
         self._check_readable()
-        if size is None:
-            size = -1
-        else:
-            size = size.__index__()
+        size = -1 if size is None else size.__index__()
+        async with self._lock:
+            return await self._undoable(self._read(size))
+
+    async def readline(self, size: Optional[int] = -1) -> str:
+        self._check_closed()
+        self._check_readable()
+        size = -1 if size is None else size.__index__()
+        async with self._lock:
+            return await self._undoable(self._readline(size))
+
+    async def _undoable(self, coro):
+        """Run a read; if it fails or is cancelled half-way, put the text
+        layer, its decoder and the binary stream back as they were, so that no
+        character is lost or read twice (the same promise as BinaryFile's)."""
+        buffer = self.buffer
+        decoder = self._decoder
+        saved = (self._decoded, self._used, self._snapshot, self._b2cratio,
+                 decoder.getstate() if decoder is not None else None,
+                 buffer._pos, buffer._rbuf, buffer._roff)
+        try:
+            return await coro
+        except BaseException:
+            (self._decoded, self._used, self._snapshot, self._b2cratio, dec_state,
+             buffer._pos, buffer._rbuf, buffer._roff) = saved
+            if decoder is not None and dec_state is not None:
+                decoder.setstate(dec_state)
+            raise
+
+    async def _read(self, size: int) -> str:
         decoder = self._decoder or self._get_decoder()
         if size < 0:
             result = self._take_decoded() + decoder.decode(await self.buffer.read(), final=True)
@@ -215,13 +244,7 @@ class TextFile:
             result += self._take_decoded(size - len(result))
         return result
 
-    async def readline(self, size: Optional[int] = -1) -> str:
-        self._check_closed()
-        self._check_readable()
-        if size is None:
-            size = -1
-        else:
-            size = size.__index__()
+    async def _readline(self, size: int) -> str:
         if self._decoder is None:
             self._get_decoder()
         # The order of the built-in (C) TextIOWrapper: get decoded characters
@@ -299,6 +322,10 @@ class TextFile:
     # ---- writing ----------------------------------------------------------
 
     async def write(self, s: str) -> int:
+        async with self._lock:
+            return await self._write(s)
+
+    async def _write(self, s: str) -> int:
         self._check_closed()
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
@@ -328,6 +355,10 @@ class TextFile:
     # ---- positioning ------------------------------------------------------
 
     async def tell(self) -> int:
+        async with self._lock:
+            return await self._tell()
+
+    async def _tell(self) -> int:
         self._check_closed()
         if not self.buffer.seekable():
             raise _UnsupportedOperation("underlying stream is not seekable")
@@ -399,6 +430,10 @@ class TextFile:
         return _pack_cookie(start_pos, start_flags, bytes_fed, need_eof, skip_chars)
 
     async def seek(self, cookie: int, whence: int = 0) -> int:
+        async with self._lock:
+            return await self._seek(cookie, whence)
+
+    async def _seek(self, cookie: int, whence: int) -> int:
         self._check_closed()
         if not self.buffer.seekable():
             raise _UnsupportedOperation("underlying stream is not seekable")
@@ -406,7 +441,7 @@ class TextFile:
             if cookie != 0:
                 raise _UnsupportedOperation("can't do nonzero cur-relative seeks")
             whence = os.SEEK_SET
-            cookie = await self.tell()
+            cookie = await self._tell()
         elif whence == os.SEEK_END:
             if cookie != 0:
                 raise _UnsupportedOperation("can't do nonzero end-relative seeks")
@@ -452,10 +487,11 @@ class TextFile:
 
     async def truncate(self, pos: Optional[int] = None) -> int:
         self._check_closed()
-        await self.flush()
-        if pos is None:
-            pos = await self.tell()
-        return await self.buffer.truncate(pos)
+        async with self._lock:
+            await self.flush()
+            if pos is None:
+                pos = await self._tell()
+            return await self.buffer.truncate(pos)
 
     async def fsync(self) -> None:
         await self.buffer.fsync()

@@ -1040,3 +1040,44 @@ def test_cancelled_pwrite_then_close(loop, tmp_path, steps):
         assert content in (b"x", b"x" + b"\0" * 4095 + data)
 
     run(loop, main())
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3, 5, 8])
+def test_cancelled_text_read_loses_nothing(loop, tmp_path, steps):
+    path = tmp_path / "t"
+    text = "".join(f"{i} ünï€ {'x' * (i % 97)}\r\n" for i in range(3000))
+    path.write_text(text, encoding="utf-8", newline="")
+
+    async def main():
+        expected = open(path, encoding="utf-8").read()
+        async with aiouring.open(path, encoding="utf-8") as f:
+            first = await f.read(10)
+            got = await _cancel_soon(f.read(50000), steps)
+            got2 = await _cancel_soon(f.readline(), steps)
+            rest = await f.read()
+            assert first + (got or "") + (got2 or "") + rest == expected
+
+    run(loop, main())
+
+
+def test_concurrent_text_readers_share_lines(loop, tmp_path):
+    path = tmp_path / "lines"
+    lines = [f"line {i} é\n" for i in range(5000)]
+    path.write_text("".join(lines), encoding="utf-8")
+
+    async def main():
+        async with aiouring.open(path, encoding="utf-8") as f:
+            async def reader():
+                got = []
+                while True:
+                    line = await f.readline()
+                    if not line:
+                        return got
+                    got.append(line)
+            parts = await asyncio.gather(*(reader() for _ in range(8)))
+        # Every line exactly once, each reader's lines in file order.
+        assert sorted(sum(parts, []), key=lambda s: int(s.split()[1])) == lines
+        for part in parts:
+            assert part == sorted(part, key=lambda s: int(s.split()[1]))
+
+    run(loop, main())
