@@ -25,7 +25,9 @@ Cancellation
 * A cancelled read leaves the position where it was: the stream is as if the
   read had never been called. The kernel may still fill the op's own buffer;
   that data is dropped, and is read again by the next read.
-* A cancelled write or flush keeps the unwritten bytes in the write buffer.
+* A write cancelled while waiting for the stream lock has done nothing. Once
+  it has put its bytes in the write buffer, they are written whole, once:
+  a cancelled write or flush keeps the unwritten bytes in the write buffer.
   The kernel may still write some of them: the late completion removes exactly
   those from the buffer, and the next stream operation waits for that late
   completion first, so nothing is written twice or lost.

@@ -35,10 +35,13 @@ Positions and cancellation
 Streams track their position themselves and read and write at explicit
 offsets (``pread``/``pwrite`` semantics); the kernel's file position of the fd
 is not kept in step, so don't mix ``fileno()`` reads with the stream. A
-cancelled read leaves the position unchanged (as if the read had not been
-called); a cancelled write's bytes stay buffered and are written exactly once
-(see :mod:`aiouring._files_binary`); a cancelled open that still produced an
-fd closes it; a cancelled close still closes.
+cancelled read (binary or text) leaves the stream unchanged, as if it had not
+been called; a cancelled write is either not done at all (cancelled while
+waiting for its turn) or done exactly once, whole: bytes it had buffered stay
+buffered and reach the file (see :mod:`aiouring._files_binary`); a cancelled
+``pwrite`` may or may not have written, and ``close()`` waits for it; a
+cancelled open that still produced an fd closes it; a cancelled close still
+closes. Operations of several tasks on one stream run one at a time, in order.
 """
 
 from __future__ import annotations
