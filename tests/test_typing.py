@@ -123,12 +123,10 @@ def test_file_api_is_typed(tmp_path):
 
 def test_worker_and_examples_typecheck():
     # The examples are what users copy; keep them (and the gunicorn worker)
-    # clean under --strict. Calls into the untyped file API are the one
-    # exception, tracked by test_file_api_is_typed.
+    # clean under --strict.
     pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy)")
     files = [str(ROOT / "aiouring" / "worker.py"), *sorted(str(p) for p in (ROOT / "examples").glob("*.py"))]
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental",
-         "--disable-error-code", "no-untyped-call", *files],
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", *files],
         cwd=ROOT, env=dict(os.environ, MYPYPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
