@@ -1081,3 +1081,62 @@ def test_concurrent_text_readers_share_lines(loop, tmp_path):
             assert part == sorted(part, key=lambda s: int(s.split()[1]))
 
     run(loop, main())
+
+
+def test_kernel_without_file_opcodes_falls_back_to_threads(tmp_path):
+    """On a ring whose probe lacks an opcode, that one operation runs in a
+    thread; results are the same (the probe answer is narrowed, nothing else)."""
+    from aiouring import _files_backend
+    lp = aiouring.Loop()
+    try:
+        ops = _files_backend.file_ops(lp)
+        assert ops.on_ring
+        ops._has = frozenset({aiouring.ring.uapi.IORING_OP_READ})   # only READ "exists"
+        path = tmp_path / "f"
+
+        async def main():
+            assert lp._default_executor is None
+            async with aiouring.open(path, "w+b") as f:
+                await f.write(b"hello world")
+                await f.flush()
+                await f.truncate(5)
+                await f.seek(0)
+                assert await f.read() == b"hello"
+                assert (await f.stat()).st_size == 5
+            await aiouring.mkdir(tmp_path / "d")
+            await aiouring.rename(path, tmp_path / "d" / "g")
+            await aiouring.symlink("g", tmp_path / "d" / "s")
+            await aiouring.link(tmp_path / "d" / "g", tmp_path / "d" / "h")
+            assert (await aiouring.stat(tmp_path / "d" / "s")).st_nlink == 2
+            for name in ("g", "s", "h"):
+                await aiouring.unlink(tmp_path / "d" / name)
+            await aiouring.rmdir(tmp_path / "d")
+            with pytest.raises(FileNotFoundError):
+                await aiouring.stat(tmp_path / "d")
+
+        lp.run_until_complete(main())
+        assert lp._default_executor is not None     # the missing opcodes ran in threads
+        assert not os.path.exists(tmp_path / "d")
+    finally:
+        lp.close()
+
+
+def test_odd_paths(loop, tmp_path):
+    names = ["ünïcödé €.txt", "with space", "x" * 255, "\udcff-undecodable"]
+
+    async def main():
+        for name in names:
+            path = os.path.join(str(tmp_path), name)
+            await aiouring.write_bytes(path, name.encode("utf-8", "surrogateescape"))
+            async with aiouring.open(os.fsencode(path), "rb") as f:     # a bytes path
+                assert await f.read() == name.encode("utf-8", "surrogateescape")
+            assert (await aiouring.stat(os.fsencode(path))).st_size == os.stat(path).st_size
+        too_long = os.path.join(str(tmp_path), "y" * 256)
+        want = _os_error(os.stat, too_long)
+        assert await _aio_error(aiouring.stat, too_long) == want
+        assert want[0] is OSError and want[1] == errno.ENAMETOOLONG
+        with pytest.raises(OSError) as exc_info:
+            await aiouring.open(too_long, "w")
+        assert exc_info.value.errno == errno.ENAMETOOLONG
+
+    run(loop, main())
