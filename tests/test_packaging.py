@@ -111,12 +111,15 @@ _SMOKE = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_sdist_installs_into_a_fresh_venv_and_runs(sdist, tmp_path):
+def test_sdist_installs_into_a_fresh_venv_and_runs(wheel, tmp_path):
+    # `pip install aiouring-X.tar.gz` is "build a wheel from the sdist, install
+    # it"; the wheel fixture did the first half (with only a compiler, Python's
+    # headers and the build requirements from the index), this is the second.
     venv = tmp_path / "venv"
     done = _run([sys.executable, "-m", "venv", venv], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     python = venv / "bin" / "python"
-    done = _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", sdist],
+    done = _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel],
                 cwd=tmp_path, env=_clean_env())
     assert done.returncode == 0, done.stdout + done.stderr
     # Run from an empty directory so that only the installed copy can be imported.
