@@ -1141,3 +1141,65 @@ def test_buffered_protocol_read_only_buffer(loop, endpoint):
         await server.wait_closed()
 
     run(loop, main())
+
+
+_EMFILE_CHILD = r'''
+import asyncio, resource, socket, sys
+sys.path.insert(0, sys.argv[2])
+import aiouring
+loop = aiouring.Loop() if sys.argv[1] == "aiouring" else asyncio.SelectorEventLoop()
+reports = []
+loop.set_exception_handler(lambda lp, ctx: reports.append(ctx["message"]))
+
+async def main():
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # Fill the fd table: the next accept fails with EMFILE.
+    hog = []
+    try:
+        while True:
+            hog.append(socket.socket())
+    except OSError:
+        pass
+    for s in hog[-4:]:
+        s.close()
+    del hog[-4:]
+    clients = [socket.socket() for _ in range(4)]    # takes the last free fds
+    for c in clients:
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if reports:
+            break
+    for s in hog:
+        s.close()
+    # After the back-off the server accepts again.
+    r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    await asyncio.sleep(1.5)
+    accepted = server._active_count
+    w.close()
+    for c in clients:
+        c.close()
+    server.close()
+    print("REPORT", reports[0] if reports else None, "ACCEPTED", accepted)
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+loop.run_until_complete(main())
+loop.close()
+'''
+
+
+def test_accept_out_of_fds_backs_off_and_recovers(loop_kind):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _EMFILE_CHILD, loop_kind, root],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("REPORT socket.accept() out of system resource ACCEPTED"), (line, out.stderr)
+    assert int(line.split()[-1]) >= 5     # the 4 waiting clients and the new one
