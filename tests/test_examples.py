@@ -188,3 +188,12 @@ def test_readme_python_snippets_compile():
     assert len(snippets) >= 4
     for snippet in snippets:
         compile(snippet, "README.md", "exec")
+
+
+def test_documentation_links_resolve():
+    root = EXAMPLES.parent
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to a missing {target}"
