@@ -50,6 +50,7 @@ import asyncio
 import collections
 import io
 import os
+import shutil
 import socket
 import stat as _stat
 import warnings
@@ -453,22 +454,33 @@ async def write_text(path: AnyPath, data: str, encoding: Optional[str] = None, e
 
 
 async def copyfile(src: AnyPath, dst: AnyPath) -> int:
-    """Copy ``src``'s contents to ``dst`` (created or truncated), with several
-    reads and writes in flight; returns the number of bytes copied."""
-    async with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
-        ops = fin._io
-        sfd, dfd = fin.fileno(), fout.fileno()
-        offset = 0
-        while True:
-            size = os.fstat(sfd).st_size
-            length = max(size - offset, _PIECE)
-            pieces = await _read_range(ops, sfd, offset, length)
-            got = sum(map(len, pieces))
-            if got:
-                await _write_range(ops, dfd, b"".join(pieces), offset)
-            offset += got
-            if got < length:
-                return offset
+    """Copy ``src``'s contents to ``dst`` (created or truncated), as
+    ``shutil.copyfile`` (``SameFileError`` when they are one file), in windows
+    of several reads and then several writes in flight; returns the number of
+    bytes copied."""
+    async with open(src, "rb", buffering=0) as fin:
+        src_st = os.fstat(fin.fileno())
+        try:
+            dst_st = await stat(dst)
+        except (OSError, ValueError):
+            pass
+        else:
+            if (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
+                raise shutil.SameFileError(f"{src!r} and {dst!r} are the same file")
+        async with open(dst, "wb", buffering=0) as fout:
+            ops = fin._io
+            sfd, dfd = fin.fileno(), fout.fileno()
+            offset = 0
+            while True:
+                # At most one window in memory, whatever the file's size.
+                length = _WINDOW * _PIECE
+                pieces = await _read_range(ops, sfd, offset, length)
+                got = sum(map(len, pieces))
+                if got:
+                    await _write_range(ops, dfd, b"".join(pieces), offset)
+                offset += got
+                if got < length:
+                    return offset
 
 
 async def sendfile(sock: socket.socket, path: AnyPath, *, offset: int = 0, count: Optional[int] = None) -> int:

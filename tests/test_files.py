@@ -13,6 +13,7 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import socket
 import warnings
 
@@ -1138,5 +1139,24 @@ def test_odd_paths(loop, tmp_path):
         with pytest.raises(OSError) as exc_info:
             await aiouring.open(too_long, "w")
         assert exc_info.value.errno == errno.ENAMETOOLONG
+
+    run(loop, main())
+
+
+def test_copyfile_same_file_and_errors(loop, tmp_path):
+    src = tmp_path / "s"
+    src.write_bytes(b"precious")
+    os.link(src, tmp_path / "hard")
+
+    async def main():
+        for dst in (src, tmp_path / "hard"):
+            with pytest.raises(shutil.SameFileError):
+                await aiouring.copyfile(src, dst)
+        assert src.read_bytes() == b"precious"
+        with pytest.raises(FileNotFoundError):
+            await aiouring.copyfile(tmp_path / "missing", tmp_path / "x")
+        assert not (tmp_path / "x").exists()
+        with pytest.raises(IsADirectoryError):
+            await aiouring.copyfile(src, tmp_path)
 
     run(loop, main())
