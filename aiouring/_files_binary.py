@@ -296,12 +296,13 @@ class BinaryFile:
         async with self._lock:
             self._check_closed("read of closed file")
             await self._prepare_read()
-            # A read that fails or is cancelled half-way (after taking
-            # buffered bytes) leaves the stream as it found it.
+            # A read cancelled half-way (after taking buffered bytes) leaves
+            # the stream as it found it. (An error leaves it where the
+            # built-in file would: past the bytes taken.)
             saved = self._pos, self._rbuf, self._roff
             try:
                 return await self._read_unlocked(size)
-            except BaseException:
+            except _CancelledError:
                 self._pos, self._rbuf, self._roff = saved
                 raise
 
@@ -324,7 +325,7 @@ class BinaryFile:
             self._rbuf, self._roff = data, 0
             try:
                 return await self._read_unlocked(size)
-            except BaseException:
+            except _CancelledError:
                 self._pos, self._rbuf, self._roff = start, b"", 0   # as if not called
                 raise
         if n > size:

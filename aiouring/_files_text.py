@@ -21,6 +21,7 @@ exactly as the built-in ``open`` does on the same file:
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import io
 import locale
@@ -32,6 +33,7 @@ from ._files_binary import BinaryFile, _StreamLock
 
 _CHUNK_SIZE = 8192
 _UnsupportedOperation = io.UnsupportedOperation
+_CancelledError = asyncio.CancelledError
 _MASK64 = (1 << 64) - 1
 _MASK32 = (1 << 32) - 1
 
@@ -214,9 +216,11 @@ class TextFile:
             return await self._undoable(self._readline(size))
 
     async def _undoable(self, coro):
-        """Run a read; if it fails or is cancelled half-way, put the text
-        layer, its decoder and the binary stream back as they were, so that no
-        character is lost or read twice (the same promise as BinaryFile's)."""
+        """Run a read; if it is cancelled half-way, put the text layer, its
+        decoder and the binary stream back as they were, so that no character
+        is lost or read twice (the same promise as BinaryFile's). Errors (a
+        decoding error, an OSError) leave the state as the built-in file
+        leaves it: advanced past what was read."""
         buffer = self.buffer
         decoder = self._decoder
         saved = (self._decoded, self._used, self._snapshot, self._b2cratio,
@@ -224,7 +228,7 @@ class TextFile:
                  buffer._pos, buffer._rbuf, buffer._roff)
         try:
             return await coro
-        except BaseException:
+        except _CancelledError:
             (self._decoded, self._used, self._snapshot, self._b2cratio, dec_state,
              buffer._pos, buffer._rbuf, buffer._roff) = saved
             if decoder is not None and dec_state is not None:
