@@ -172,7 +172,10 @@ def fixed_buffers_probe(big: str, reads: int, size: int, reps: int) -> list:
     * ``READ_FIXED`` into the same memory, registered,
     * ``READ_FIXED`` plus copying the data out into ``bytes`` (what an API
       returning bytes must do with a registered buffer),
-    * ``READ`` into a fresh ``bytes`` per read (what aiouring.files does).
+    * ``READ`` into a fresh ``bytes`` per read (what aiouring.files does for
+      reads of 16 KiB and more),
+    * ``READ`` into a fresh cffi buffer, then copied into ``bytes`` (what it
+      does for smaller reads).
     """
     from aiouring._files_backend import _fresh_bytes
     from aiouring.ring import Ring, uapi
@@ -198,6 +201,10 @@ def fixed_buffers_probe(big: str, reads: int, size: int, reps: int) -> list:
                         ptr = Ring.pointer(buf)
                         keep.append(buf)
                         ring.prep(uapi.IORING_OP_READ, fd, ptr, size, off, 0, i + 1)
+                    elif way == "alloc+copy":
+                        cbuf = Ring.alloc("char[]", size)
+                        keep.append(cbuf)
+                        ring.prep(uapi.IORING_OP_READ, fd, cbuf, size, off, 0, i + 1)
                     elif way == "read":
                         ring.prep(uapi.IORING_OP_READ, fd, base + i * size, size, off, 0, i + 1)
                     else:
@@ -211,9 +218,11 @@ def fixed_buffers_probe(big: str, reads: int, size: int, reps: int) -> list:
                     done += len(cqes) // 3
                 if way == "fixed+copy":
                     keep = [bytes(region[i * size:(i + 1) * size]) for i in range(len(chunk))]
+                elif way == "alloc+copy":
+                    keep = [Ring.unpack(cbuf, size) for cbuf in keep]
             return time.perf_counter() - t0
 
-        ways = ["read", "fixed", "fixed+copy", "fresh_bytes"]
+        ways = ["read", "fixed", "fixed+copy", "fresh_bytes", "alloc+copy"]
         times: dict = {w: [] for w in ways}
         for rep in range(reps + 1):
             for w in ways:
