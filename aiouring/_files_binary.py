@@ -526,7 +526,8 @@ class BinaryFile:
                 self._wbuf += view
                 self._pos += n
                 try:
-                    written = await self._write_out(bytes(self._wbuf), -1 if self._appending or self._stream else self._wstart)
+                    offset = -1 if self._appending or self._stream else self._wstart
+                    written = await self._write_out(bytes(self._wbuf), offset)
                     self._consumed(written)
                 except _CancelledError:
                     raise   # the late completion (or the next flush) settles the buffer

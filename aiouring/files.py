@@ -67,8 +67,6 @@ __all__ = [
     "read_bytes", "read_text", "write_bytes", "write_text", "copyfile", "sendfile",
 ]
 
-_builtin_open = open
-
 StrPath = Union[str, "os.PathLike[str]"]
 BytesPath = Union[bytes, "os.PathLike[bytes]"]
 FileDescriptorOrPath = Union[int, StrPath, BytesPath]

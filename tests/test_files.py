@@ -8,7 +8,6 @@ file object is the oracle for contents, positions and exceptions either way.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import errno
 import hashlib
 import io
@@ -865,7 +864,6 @@ def test_public_names():
         files.BinaryFile()
     with pytest.raises(TypeError):
         files.TextFile()
-    assert codecs and io and errno   # imported for the oracle helpers above
 
 
 # ---- files that cannot seek -------------------------------------------------------------
