@@ -1158,3 +1158,28 @@ def test_copyfile_same_file_and_errors(loop, tmp_path):
             await aiouring.copyfile(src, tmp_path)
 
     run(loop, main())
+
+
+@pytest.mark.parametrize("newline", [None, "", "\n", "\r", "\r\n"])
+def test_line_endings_and_characters_split_at_chunk_boundaries(loop, tmp_path, newline):
+    """\\r\\n pairs and multi-byte characters that straddle the 8 KiB chunk
+    boundary (and the 4 KiB buffer boundary), every alignment around it."""
+    async def main():
+        for k in range(8185, 8194):
+            for middle in ("\r\n", "€\r\n", "\r€\n", "\r", "é\r"):
+                text = "a" * k + middle + "b" * 10 + "\r\n" + "c€" * 3000 + "\r"
+                path = tmp_path / "edge"
+                path.write_bytes(text.encode("utf-8"))
+                with open(path, encoding="utf-8", newline=newline) as bf:
+                    want_lines, want_tells = [], []
+                    for line in iter(bf.readline, ""):
+                        want_lines.append(line)
+                        want_tells.append(bf.tell())
+                async with aiouring.open(path, encoding="utf-8", newline=newline) as af:
+                    lines, tells = [], []
+                    while line := await af.readline():
+                        lines.append(line)
+                        tells.append(await af.tell())
+                assert (lines, tells) == (want_lines, want_tells), (k, middle)
+
+    run(loop, main())
