@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import weakref
 from typing import Optional
 
 from ._ops import FutureOp
@@ -494,20 +493,26 @@ def _no_cancel() -> None:
     """A write already running in a thread cannot be taken back."""
 
 
-_per_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ThreadFileOps]" = weakref.WeakKeyDictionary()
+# The primitives of a loop live on the loop (a reference cycle the garbage
+# collector frees with the loop); loops that take no attributes (C loops)
+# use this table, which keeps them alive: acceptable for the few of them.
+_no_attr_loops: dict = {}
+_ATTR = "_aiouring_file_ops"
 
 
 def file_ops(loop: Optional[asyncio.AbstractEventLoop] = None) -> ThreadFileOps:
     """The primitives for ``loop`` (default: the running loop)."""
     if loop is None:
         loop = asyncio.get_running_loop()
-    ops = _per_loop.get(loop)
-    if ops is None:
+    ops = getattr(loop, _ATTR, None) or _no_attr_loops.get(id(loop))
+    if ops is None or ops._loop is not loop:
         ring = getattr(loop, "_ring", None)
         if isinstance(ring, Ring) and getattr(loop, "_ops", None) is not None:
             ops = RingFileOps(loop)
         else:
             ops = ThreadFileOps(loop)
-        _per_loop[loop] = ops
+        try:
+            setattr(loop, _ATTR, ops)
+        except AttributeError:
+            _no_attr_loops[id(loop)] = ops
     return ops
-
