@@ -1183,3 +1183,22 @@ def test_line_endings_and_characters_split_at_chunk_boundaries(loop, tmp_path, n
                 assert (lines, tells) == (want_lines, want_tells), (k, middle)
 
     run(loop, main())
+
+
+def test_file_api_does_not_keep_loops_alive(tmp_path):
+    import gc
+    import weakref
+    path = tmp_path / "f"
+    refs = []
+    for make in (aiouring.Loop, asyncio.new_event_loop):
+        lp = make()
+
+        async def main():
+            await aiouring.write_bytes(path, b"x")
+            return await aiouring.read_bytes(path)
+        assert lp.run_until_complete(main()) == b"x"
+        lp.close()
+        refs.append(weakref.ref(lp))
+        del lp
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
