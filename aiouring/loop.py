@@ -12,7 +12,9 @@ How it fits together
   woken by ring polls;
 * the hot operations run natively on the ring instead of "wait for readiness,
   then make the syscall": ``sock_recv``, ``sock_recv_into``, ``sock_sendall``,
-  ``sock_accept`` (and, in their own modules, socket transports and files).
+  ``sock_accept`` (and, in their own modules: ``sock_connect``,
+  ``sock_recvfrom``, ``sock_recvfrom_into``, ``sock_sendto`` in
+  ``_sockets.py``; socket transports; files).
 
 Cancellation of a native operation
 ----------------------------------
@@ -41,6 +43,7 @@ from ._ops import FutureOp, OpTable
 from ._process import ChildProcessMixin
 from ._scheduler import RunOnceMixin
 from ._selector import RingSelector
+from ._sockets import SocketOpsMixin
 from .transports import RingTransportsMixin
 from .ring import Ring, RingInfo, RingStatistics, error_from_result, uapi
 from . import _sockaddr
@@ -141,7 +144,7 @@ class _AcceptOp:
             self.fut.cancel()
 
 
-class Loop(RunOnceMixin, RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """An asyncio event loop whose I/O runs on io_uring.
 
     Ring options: ``sq_entries``, ``cq_entries`` (rounded up to powers of two),
@@ -249,6 +252,10 @@ class Loop(RunOnceMixin, RingTransportsMixin, ChildProcessMixin, asyncio.Selecto
         if res > 0:
             data = Ring.unpack(buf, res)
             self._read_stash[sock] = self._read_stash.get(sock, b"") + data
+        self._settle_late_read(sock)
+
+    def _settle_late_read(self, sock) -> None:
+        """One cancelled receive on ``sock`` has landed."""
         late = self._late_reads.get(sock)
         if late is None:
             return   # completed before the task even saw its cancellation
@@ -257,6 +264,16 @@ class Loop(RunOnceMixin, RingTransportsMixin, ChildProcessMixin, asyncio.Selecto
             del self._late_reads[sock]
             if not late[1].done():
                 late[1].set_result(None)
+
+    def _count_late_read(self, sock) -> None:
+        """One more cancelled receive is in flight on ``sock``. Several may
+        be; the next receive waits for all of them so that bytes never
+        change order."""
+        late = self._late_reads.get(sock)
+        if late is None:
+            self._late_reads[sock] = [1, self.create_future()]
+        else:
+            late[0] += 1
 
     def _abandon_read(self, ud: int, sock, fut, buf) -> None:
         if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -275,13 +292,7 @@ class Loop(RunOnceMixin, RingTransportsMixin, ChildProcessMixin, asyncio.Selecto
             # block every later receive on this socket forever.
             return
         self._ops.cancel(ud)
-        # Several cancelled receives may be in flight on one socket; the next
-        # receive waits for all of them so that bytes never change order.
-        late = self._late_reads.get(sock)
-        if late is None:
-            self._late_reads[sock] = [1, self.create_future()]
-        else:
-            late[0] += 1
+        self._count_late_read(sock)
 
     async def _wait_late_read(self, sock) -> None:
         late = self._late_reads.get(sock)

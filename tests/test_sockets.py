@@ -669,6 +669,153 @@ def test_cancelled_sendall_and_connect(loop):
         run(loop, main())
 
 
+@needs_311
+def test_cancelled_recvfrom_loses_no_datagram(loop):
+    """A cancelled sock_recvfrom/recvfrom_into whose datagram the kernel had
+    already taken: that datagram comes out of a later receive, whole and in
+    order (UDP on loopback keeps order), exactly once."""
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(("127.0.0.1", 0))
+    _nb(a, b)
+    rounds = 200
+
+    async def main():
+        got = []
+        for i in range(rounds):
+            into = i % 2 == 1
+            if into:
+                buf = bytearray(100)
+                task = loop.create_task(loop.sock_recvfrom_into(b, buf))
+            else:
+                task = loop.create_task(loop.sock_recvfrom(b, 100))
+            for _ in range(i % 3):
+                await asyncio.sleep(0)
+            a.sendto(b"dgram %d" % i, b.getsockname())
+            if i % 5 == 4:
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                result = await task
+            except asyncio.CancelledError:
+                continue
+            got.append(bytes(buf[:result[0]]) if into else result[0])
+        a.sendto(b"end", b.getsockname())
+        while True:
+            if len(got) % 2:
+                buf = bytearray(100)
+                n, addr = await loop.sock_recvfrom_into(b, buf)
+                data = bytes(buf[:n])
+            else:
+                data, addr = await loop.sock_recvfrom(b, 100)
+            assert addr[1] == a.getsockname()[1]
+            if data == b"end":
+                return got
+            got.append(data)
+
+    with a, b:
+        got = run(loop, main(), timeout=60)
+        assert got == [b"dgram %d" % i for i in range(rounds)]
+
+
+def test_connect_errors_match_asyncio(loop, tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+
+    async def main():
+        c = socket.socket()
+        c.setblocking(False)
+        with c:
+            with pytest.raises(ConnectionRefusedError) as info:
+                await loop.sock_connect(c, ("127.0.0.1", port))
+            assert str(info.value) == f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})"
+        u = socket.socket(socket.AF_UNIX)
+        u.setblocking(False)
+        with u:
+            with pytest.raises(FileNotFoundError) as info:
+                await loop.sock_connect(u, str(tmp_path / "missing"))
+            assert info.value.strerror == os.strerror(errno.ENOENT)
+        closed = socket.socket()
+        closed.close()
+        with pytest.raises(OSError) as info:
+            await loop.sock_connect(closed, ("127.0.0.1", port))
+        assert info.value.errno == errno.EBADF
+        u = socket.socket(socket.AF_UNIX)
+        u.setblocking(False)
+        with u:
+            with pytest.raises(OSError):   # path too long, as Python's socket says
+                await loop.sock_connect(u, "/" + "x" * 200)
+            with pytest.raises(TypeError):
+                await loop.sock_connect(u, 42)
+
+    run(loop, main())
+
+
+def test_connect_starts_when_the_coroutine_starts(loop):
+    """asyncio sends the SYN before sock_connect first yields; a blocking
+    accept() right after starting the task must not wait for the next loop
+    iteration (CPython's test_sock_client_racing)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(5)   # a failure is a timeout, not a hung suite
+    c = socket.socket()
+    c.setblocking(False)
+
+    async def main():
+        task = loop.create_task(loop.sock_connect(c, listener.getsockname()))
+        await asyncio.sleep(0)
+        server, _ = listener.accept()
+        with server:
+            await task
+            return c.getpeername() == listener.getsockname()
+
+    with listener, c:
+        assert run(loop, main())
+
+
+def test_connect_to_already_connected_socket(loop):
+    a, b = tcp_pair()
+    with a, b:
+        async def main():
+            with pytest.raises(OSError) as info:
+                await loop.sock_connect(a, b.getsockname())
+            assert info.value.errno == errno.EISCONN
+
+        run(loop, main())
+
+
+@needs_311
+def test_sendto_unusual_addresses_behave_as_asyncio(loop, tmp_path):
+    """Host names, path-like Unix addresses and bad ports take asyncio's own
+    path: same results, same errors."""
+    import pathlib
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(("127.0.0.1", 0))
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ub = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ub.bind(str(tmp_path / "ub"))
+    ua = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    _nb(a, b, ua, ub)
+
+    async def main():
+        assert await loop.sock_sendto(a, b"by name", ("localhost", b.getsockname()[1])) == 7
+        assert (await loop.sock_recvfrom(b, 100))[0] == b"by name"
+        with pytest.raises(TypeError):   # sendto takes no path-like objects
+            await loop.sock_sendto(ua, b"path", pathlib.Path(tmp_path / "ub"))
+        assert await loop.sock_sendto(ua, b"path", os.fsencode(tmp_path / "ub")) == 4
+        assert (await loop.sock_recvfrom(ub, 100))[0] == b"path"
+        with pytest.raises(OverflowError):
+            await loop.sock_sendto(a, b"x", ("127.0.0.1", 70000))
+        with pytest.raises(OSError):
+            await loop.sock_sendto(ua, b"x", str(tmp_path / "nobody"))
+
+    with a, b, ua, ub:
+        run(loop, main())
+
+
 def test_wait_for_timeout_on_recv_keeps_data(loop, stream_pair):
     a, b = stream_pair
 
