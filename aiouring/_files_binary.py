@@ -45,6 +45,8 @@ import os
 import warnings
 from typing import Any, Iterable, Optional
 
+from ._files_backend import file_ops
+
 _CancelledError = asyncio.CancelledError
 _UnsupportedOperation = io.UnsupportedOperation
 
@@ -108,10 +110,9 @@ class BinaryFile:
         raise TypeError("use aiouring.open() to open files")
 
     @classmethod
-    def _create(cls, ops, fd: int, name, mode: str, *, readable: bool, writable: bool,
+    def _create(cls, fd: int, name, mode: str, *, readable: bool, writable: bool,
                 appending: bool, closefd: bool, buffer_size: int) -> "BinaryFile":
         self = object.__new__(cls)
-        self._io = ops
         self._fd = fd
         self.name = name
         self.mode = mode
@@ -149,6 +150,13 @@ class BinaryFile:
         """The offset for the next stream read: our position, or -1 (the
         fd's own) for files that cannot seek."""
         return -1 if self._stream else self._pos
+
+    @property
+    def _io(self):
+        """The primitives of the loop running now: a file object is not tied
+        to the loop it was opened on (fds are per process; each loop's ring,
+        or its threads, can use them), as aiofiles' objects are not."""
+        return file_ops()
 
     # ---- checks -----------------------------------------------------------
 

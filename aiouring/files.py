@@ -198,7 +198,7 @@ async def _open(file, mode="r", buffering=-1, encoding=None, errors=None, newlin
             buffer_size = st.st_blksize if st.st_blksize > 1 else io.DEFAULT_BUFFER_SIZE
         else:
             buffer_size = buffering
-        bfile = BinaryFile._create(ops, fd, file, raw_mode if binary else mode, readable=readable,
+        bfile = BinaryFile._create(fd, file, raw_mode if binary else mode, readable=readable,
                                    writable=writable, appending=appending, closefd=closefd,
                                    buffer_size=buffer_size)
     except BaseException:

@@ -1202,3 +1202,22 @@ def test_file_api_does_not_keep_loops_alive(tmp_path):
         del lp
     gc.collect()
     assert [r() for r in refs] == [None, None]
+
+
+def test_file_object_moves_between_loops(tmp_path):
+    """Opened on one loop, used on others (aiouring's and asyncio's), as
+    aiofiles objects can be: each operation runs on the loop running it."""
+    path = tmp_path / "m"
+    path.write_bytes(b"0123456789" * 1000)
+    loops = [aiouring.Loop(), asyncio.new_event_loop(), aiouring.Loop()]
+    try:
+        f = loops[0].run_until_complete(aiouring.open(path, "r+b"))
+        assert loops[1].run_until_complete(f.read(5)) == b"01234"
+        loops[2].run_until_complete(f.write(b"abc"))
+        assert loops[0].run_until_complete(f.read(2)) == b"89"
+        assert loops[1].run_until_complete(f.pread(10, 0)) == b"01234abc89"
+        loops[2].run_until_complete(f.close())
+        assert f.closed
+    finally:
+        for lp in loops:
+            lp.close()
