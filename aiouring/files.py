@@ -23,12 +23,22 @@ writes at explicit offsets, fsync, statx, close, and the path operations
 On any other asyncio loop the same API works with every primitive in the
 loop's default executor (as aiofiles does), so code and tests run unchanged
 everywhere; only the speed differs. ``files.on_ring()`` says which is in use.
+A file object is not tied to the loop that opened it: each operation runs on
+the loop running it (aiouring's ring, or another loop's threads).
 
 Not on the ring, on purpose: ``os.fstat`` when opening (the directory check
 and block size of the built-in ``open``, and the size hint for whole-file
-reads) and ``os.lseek`` in ``seek``: both only consult the open file's
-in-memory inode and never wait for a disk. A custom ``opener`` is called
-synchronously, as the built-in ``open`` calls it.
+reads) and ``os.lseek`` (the start position at open, and ``seek`` relative to
+the end or to data/holes): both only consult the open file's in-memory inode
+and never wait for a disk. A custom ``opener`` is called synchronously, as the
+built-in ``open`` calls it.
+
+Differences from the built-in file, all deliberate: methods are coroutines;
+``pread``/``pwrite``/``fsync``/``fdatasync``/``stat`` are extra; a write
+followed by a read without a flush reads after the written bytes (as
+``_pyio`` does; the C ``BufferedRandom`` can read stale bytes there); iteration
+is ``async for``. Files that cannot seek (pipes, FIFOs, ttys) read and write at
+the fd's own position.
 
 Positions and cancellation
 --------------------------
