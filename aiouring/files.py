@@ -34,10 +34,13 @@ and never wait for a disk. A custom ``opener`` is called synchronously, as the
 built-in ``open`` calls it.
 
 Differences from the built-in file, all deliberate: methods are coroutines;
-``pread``/``pwrite``/``fsync``/``fdatasync``/``stat`` are extra; a write
-followed by a read without a flush reads after the written bytes (as
-``_pyio`` does; the C ``BufferedRandom`` can read stale bytes there); iteration
-is ``async for``. Files that cannot seek (pipes, FIFOs, ttys) read and write at
+``pread``/``pwrite``/``fsync``/``fdatasync``/``stat`` are extra; iteration is
+``async for``. Two corners where CPython's C classes are inconsistent follow
+``_pyio`` instead: in text mode a read right after a write (no flush or seek)
+reads what follows the written text (the C ``TextIOWrapper`` reads past text
+it has not flushed yet, then writes that text at the wrong offset), and in
+``a+`` mode a read right after an append reads from the end (the C
+``BufferedRandom`` keeps serving its old read buffer). Files that cannot seek (pipes, FIFOs, ttys) read and write at
 the fd's own position.
 
 Positions and cancellation
