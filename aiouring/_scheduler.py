@@ -23,7 +23,6 @@ _MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
 _format_handle = base_events._format_handle
-_logger = base_events.logger
 
 
 class RunOnceMixin:
@@ -114,7 +113,10 @@ class RunOnceMixin:
                     handle._run()
                     dt = self.time() - t0
                     if dt >= self.slow_callback_duration:
-                        _logger.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
+                        # Looked up now, not bound at import: debug mode is
+                        # not a hot path, and asyncio's own tests patch it.
+                        base_events.logger.warning("Executing %s took %.3f seconds",
+                                                   _format_handle(handle), dt)
                 finally:
                     self._current_handle = None
         else:

@@ -144,6 +144,13 @@ class _KeepOp:
             self.fut.cancel()
 
 
+def _is_real_socket(sock) -> bool:
+    # type(), not isinstance(): a Mock(spec=socket.socket) passes isinstance
+    # but has no fd the kernel knows; asyncio's own tests pass such mocks and
+    # expect asyncio's path (which calls their connect()/sendto()).
+    return issubclass(type(sock), socket.socket)
+
+
 class SocketOpsMixin:
     """Mixed into :class:`aiouring.loop.Loop`; uses its op table, the
     per-socket late-read bookkeeping and ``_check_sock``."""
@@ -256,7 +263,7 @@ class SocketOpsMixin:
             view = memoryview(data).cast("B")
         except TypeError:
             view = None
-        if raw is None or view is None:
+        if raw is None or view is None or not _is_real_socket(sock):
             return await super().sock_sendto(sock, data, address)
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
@@ -278,6 +285,8 @@ class SocketOpsMixin:
 
     async def sock_connect(self, sock, address):
         """Connect ``sock`` to ``address`` (host names are resolved first)."""
+        if not _is_real_socket(sock):
+            return await super().sock_connect(sock, address)
         self._check_sock(sock)
         if sock.family == _AF_INET or (_HAS_IPv6 and sock.family == _AF_INET6):
             resolved = await self._ensure_resolved(
@@ -285,7 +294,14 @@ class SocketOpsMixin:
             _, _, _, _, address = resolved[0]
         raw = _sockaddr.encode(sock.family, address)
         if raw is None:
-            return await super().sock_connect(sock, address)
+            # asyncio's steps after its resolution (not super(), which would
+            # resolve the already resolved address again).
+            fut = self.create_future()
+            self._sock_connect(fut, sock, address)
+            try:
+                return await fut
+            finally:
+                fut = None
         fd = sock.fileno()
         name = Ring.alloc("char[]", raw)
         fut = self.create_future()

@@ -721,3 +721,16 @@ def test_debug_handles_remember_where_they_were_scheduled(loop):
         assert handle._source_traceback[-1][0] == this_file
         assert handle._source_traceback[-1][2] == "test_debug_handles_remember_where_they_were_scheduled"
         handle.cancel()
+
+
+def test_slow_callback_warning_goes_through_asyncio_logger(loop):
+    """The warning is asyncio's, through ``asyncio.base_events.logger`` looked
+    up when it is logged (CPython's test_log_slow_callbacks patches it)."""
+    from unittest import mock
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+    with mock.patch("asyncio.base_events.logger") as m_logger:
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    fmt, *args = m_logger.warning.call_args[0]
+    assert (fmt % tuple(args)).startswith("Executing <Handle")

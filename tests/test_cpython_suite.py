@@ -13,9 +13,9 @@ import pytest
 _SCRIPT = os.path.join(os.path.dirname(__file__), "cpython_suite.py")
 
 # The modules that drive a real loop through sockets, servers, streams,
-# sendfile and TLS; together about 20 s on a loaded 2-core machine.
+# sendfile and TLS, and BaseEventLoop's real-loop tests; together about 25 s on a loaded 2-core machine.
 FAST_MODULES = ("test_events", "test_sock_lowlevel", "test_sendfile", "test_server",
-                "test_streams", "test_buffered_proto", "test_sslproto")
+                "test_streams", "test_buffered_proto", "test_sslproto", "test_base_events")
 
 
 def _have_cpython_tests() -> bool:

@@ -776,6 +776,27 @@ def test_connect_starts_when_the_coroutine_starts(loop):
         assert run(loop, main())
 
 
+def test_socket_like_mocks_get_asyncio_behaviour(loop):
+    """asyncio's own tests hand the loop Mock(spec=socket.socket) objects;
+    those have no fd for the kernel, so they take asyncio's path, which calls
+    their connect() and sendto()."""
+    from unittest import mock
+    m = mock.MagicMock(socket.socket)
+    m.family = socket.AF_INET
+    m.type = socket.SOCK_STREAM
+    m.proto = 0
+    m.gettimeout.return_value = 0.0
+
+    async def main():
+        await loop.sock_connect(m, ("127.0.0.1", 80))
+        m.connect.assert_called_with(("127.0.0.1", 80))
+        if sys.version_info >= (3, 11):
+            m.sendto.return_value = 3
+            assert await loop.sock_sendto(m, b"abc", ("127.0.0.1", 80)) == 3
+
+    run(loop, main())
+
+
 def test_connect_to_already_connected_socket(loop):
     a, b = tcp_pair()
     with a, b:
