@@ -21,6 +21,8 @@ What this means for aiouring
 * A datagram that a cancelled receive got anyway is queued per socket and
   handed to the next ``sock_recvfrom``/``sock_recvfrom_into``, whole, in
   order; later receives first wait for such cancelled receives to land.
+* Like asyncio, each method first makes the non-blocking syscall and uses the
+  ring only to wait (see ``_EAGER`` in loop.py).
 * Anything unusual (host names for ``sock_sendto``, scoped IPv6 text, path-like
   Unix addresses, other families, bad values) goes to asyncio's own
   implementation, so the results and errors are exactly asyncio's.
@@ -204,6 +206,10 @@ class SocketOpsMixin:
         if item is not None:
             data, address = item
             return data[:bufsize], address
+        try:
+            return sock.recvfrom(bufsize)   # the eager attempt (loop.py's _EAGER)
+        except (BlockingIOError, InterruptedError):
+            pass
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         n = min(bufsize, _MAX_RW)
@@ -240,6 +246,10 @@ class SocketOpsMixin:
             data = data[:nbytes]
             view[:len(data)] = data
             return len(data), address
+        try:
+            return sock.recvfrom_into(view, nbytes)   # the eager attempt
+        except (BlockingIOError, InterruptedError):
+            pass
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         n = min(nbytes, _MAX_RW)
@@ -258,6 +268,10 @@ class SocketOpsMixin:
     async def sock_sendto(self, sock, data, address):
         """Send a datagram to ``address``; return the number of bytes sent."""
         self._check_sock(sock)
+        try:
+            return sock.sendto(data, address)   # the eager attempt
+        except (BlockingIOError, InterruptedError):
+            pass
         raw = _sockaddr.encode(sock.family, address)
         try:
             view = memoryview(data).cast("B")
