@@ -10,6 +10,7 @@ strict mode (``strict=True`` or ``AIOURING_STRICT=1``) they raise
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import warnings
@@ -69,12 +70,12 @@ def run(main: Coroutine[Any, Any, _T], *, debug: Optional[bool] = None,
             with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
                 return runner.run(main)
         return _run_310(main, debug, factory)
-    except UringUnavailableError:
-        # Strict mode refused before ``main`` started; close it so that the
-        # program sees our error, not also a "coroutine was never awaited".
-        close = getattr(main, "close", None)
-        if close is not None:
-            close()
+    except BaseException:
+        # The loop could not be made (strict mode refused, bad ring options):
+        # ``main`` never started. Close it so that the program sees our error,
+        # not also a "coroutine was never awaited".
+        if inspect.iscoroutine(main) and inspect.getcoroutinestate(main) == inspect.CORO_CREATED:
+            main.close()
         raise
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import inspect
 import os
 import resource
 import selectors
@@ -534,7 +535,8 @@ def test_invalid_ring_sizes_are_refused_by_every_entry_point(kwargs, exc):
     coro = main()
     with pytest.raises(exc):
         aiouring.run(coro, **kwargs)
-    coro.close()
+    # run() closes the coroutine it never started: no "was never awaited".
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
 
 
 @pytest.mark.parametrize("sq, cq", [(1, None), (2, 4), (8, 8), (100, 1000), (32768, 65536)])
