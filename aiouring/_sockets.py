@@ -210,6 +210,7 @@ class SocketOpsMixin:
             return sock.recvfrom(bufsize)   # the eager attempt (loop.py's _EAGER)
         except (BlockingIOError, InterruptedError):
             pass
+        self._check_ring_thread()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         n = min(bufsize, _MAX_RW)
@@ -250,6 +251,7 @@ class SocketOpsMixin:
             return sock.recvfrom_into(view, nbytes)   # the eager attempt
         except (BlockingIOError, InterruptedError):
             pass
+        self._check_ring_thread()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         n = min(nbytes, _MAX_RW)
@@ -279,6 +281,7 @@ class SocketOpsMixin:
             view = None
         if raw is None or view is None or not _is_real_socket(sock):
             return await super().sock_sendto(sock, data, address)
+        self._check_ring_thread()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         n = view.nbytes
@@ -316,6 +319,7 @@ class SocketOpsMixin:
                 return await fut
             finally:
                 fut = None
+        self._check_ring_thread()
         fd = sock.fileno()
         name = Ring.alloc("char[]", raw)
         fut = self.create_future()

@@ -314,6 +314,16 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             data = data[:n]
         return data
 
+    def _check_ring_thread(self) -> None:
+        """Only the thread running the loop may queue on its ring: a prep from
+        another thread races the loop's own on the SQ. asyncio fails the same
+        misuse with RuntimeError too (a future attached to a different loop),
+        just later."""
+        owner = self._thread_id
+        if owner is not None and owner != threading.get_ident():
+            raise RuntimeError("Non-thread-safe operation invoked on an event loop other "
+                               "than the current one")
+
     def _check_sock(self, sock) -> None:
         _check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
@@ -338,6 +348,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             return sock.recv(n)   # see _EAGER at the top
         except (BlockingIOError, InterruptedError):
             pass
+        self._check_ring_thread()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         fut = self.create_future()
@@ -370,6 +381,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             return sock.recv_into(view)   # see _EAGER at the top
         except (BlockingIOError, InterruptedError):
             pass
+        self._check_ring_thread()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         fut = self.create_future()
@@ -400,6 +412,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             sent = 0
         if sent == total:
             return
+        self._check_ring_thread()
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         ptr = Ring.pointer(view)
@@ -431,6 +444,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
         else:
             conn.setblocking(False)
             return conn, address
+        self._check_ring_thread()
         fd = sock.fileno()
         fut = self.create_future()
         addr = Ring.alloc("struct sockaddr_storage *")

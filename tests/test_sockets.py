@@ -1029,6 +1029,37 @@ def test_sock_api_from_a_running_loop_in_another_thread(loop):
         assert run(loop, main()) == b"from thread"
 
 
+def test_sock_api_driven_from_another_thread_raises(loop):
+    """Awaiting loop.sock_*() in another thread's loop while this loop runs is
+    a bug: asyncio fails it with RuntimeError (a future of a different loop).
+    aiouring must fail it the same way, before a thread that does not own the
+    ring queues anything on it."""
+    a, b = unix_pair()
+
+    def misuse():
+        other = asyncio.new_event_loop()
+        try:
+            other.run_until_complete(loop.sock_recv(b, 10))
+        except RuntimeError as exc:
+            return exc
+        finally:
+            other.close()
+
+    async def main():
+        ops = getattr(loop, "_ops", None)
+        in_flight = len(ops) if ops is not None else 0
+        exc = await loop.run_in_executor(None, misuse)
+        assert isinstance(exc, RuntimeError)
+        if ops is not None:   # nothing was queued from the wrong thread
+            assert len(ops) == in_flight
+        # The loop is unharmed: its own receive still works.
+        await loop.sock_sendall(a, b"fine")
+        return await loop.sock_recv(b, 10)
+
+    with a, b:
+        assert run(loop, main()) == b"fine"
+
+
 def test_recv_on_socket_used_by_transport_raises(loop):
     a, b = unix_pair()
 
