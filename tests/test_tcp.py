@@ -17,6 +17,7 @@ import os
 import resource
 import socket
 import struct
+import sys
 import tempfile
 
 import pytest
@@ -69,6 +70,11 @@ class Endpoint:
     def cleanup(self):
         if self._dir is not None:
             self._dir.cleanup()
+
+
+def skip_asyncio_310_pause_bug(loop_kind):
+    if loop_kind == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip("asyncio 3.10 starts reading after pause_reading() in connection_made() (fixed in 3.11)")
 
 
 @pytest.fixture
@@ -659,9 +665,10 @@ def test_slow_reader_pauses_writing(loop, endpoint):
 
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
-def test_pause_reading_holds_data_in_flight(loop, endpoint, buffered):
+def test_pause_reading_holds_data_in_flight(loop, loop_kind, endpoint, buffered):
     """Data that arrives while paused is delivered after resume, in order,
     followed by the EOF that came behind it."""
+    skip_asyncio_310_pause_bug(loop_kind)
     data = payload(2 * 1024 * 1024 + 5, seed=5)
 
     async def main():
@@ -719,9 +726,10 @@ def test_pause_reading_holds_data_in_flight(loop, endpoint, buffered):
     run(loop, main())
 
 
-def test_pause_reading_applies_backpressure(loop, endpoint):
+def test_pause_reading_applies_backpressure(loop, loop_kind, endpoint):
     """A transport paused for good must not buffer the peer's data without
     bound: the peer's writes eventually back up."""
+    skip_asyncio_310_pause_bug(loop_kind)
 
     async def main():
         accepted = []
