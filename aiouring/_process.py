@@ -46,6 +46,7 @@ import threading
 from asyncio import unix_events
 from typing import Any, Optional
 
+from ._pipes import RingReadPipeTransport
 from .ring import Ring, uapi
 
 __all__ = ["ChildProcessMixin", "returncode_from_child_status"]
@@ -261,6 +262,16 @@ class ChildProcessMixin:
         # reaping.
         for watch in list(self._child_watches.values()):
             watch.forget()
+
+    # Read pipes (and so a child's stdout/stderr) read on the ring; write
+    # pipes stay asyncio's: a write goes straight to os.write and polls only
+    # when the pipe is full.
+    _native_read_pipes = True
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        if not self._native_read_pipes:
+            return super()._make_read_pipe_transport(pipe, protocol, waiter, extra)  # type: ignore[misc]
+        return RingReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize,
                                          extra=None, **kwargs):

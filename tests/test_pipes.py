@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import random
+import sys
 import threading
 import tty
 
@@ -409,3 +410,134 @@ def test_dev_null(loop, loop_kind):
     events, data, wevents = run(loop, main())
     assert (events, data) == (["made", "eof", ("lost", None)], b"")
     assert wevents == ["made", ("lost", None)]
+
+
+# ---- the finer points of the read transport contract ----------------------
+
+def test_eof_while_paused_waits_for_resume(loop):
+    async def main():
+        r, w = os.pipe()
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        await asyncio.sleep(0.01)
+        transport.pause_reading()
+        os.write(w, b"last words")
+        os.close(w)
+        await asyncio.sleep(0.1)
+        seen_while_paused = (proto.data, list(proto.events))
+        transport.resume_reading()
+        await asyncio.wait_for(proto.lost, 10)
+        return seen_while_paused, proto.data, proto.events
+
+    paused, data, events = run(loop, main())
+    assert paused == (b"", ["made"])
+    assert data == b"last words" and events == ["made", "eof", ("lost", None)]
+
+
+def test_protocol_runs_in_the_context_of_the_transport_creation(loop):
+    import contextvars
+    var = contextvars.ContextVar("var", default="unset")
+
+    class Proto(Recorder):
+        def data_received(self, data):
+            self.events.append(("data ctx", var.get()))
+            super().data_received(data)
+
+        def eof_received(self):
+            self.events.append(("eof ctx", var.get()))
+
+    async def main():
+        r, w = os.pipe()
+        proto = Proto(loop)
+        var.set("at creation")
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        var.set("later")
+        os.write(w, b"x")
+        os.close(w)
+        await proto.lost
+        return proto.events
+
+    assert run(loop, main()) == ["made", ("data ctx", "at creation"), ("eof ctx", "at creation"), ("lost", None)]
+
+
+@pytest.mark.loop_errors_ok
+def test_data_received_raising_keeps_reading(loop):
+    errors = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx.get("exception")))
+
+    class Proto(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            if len(self.chunks) == 1:
+                raise ZeroDivisionError("from the protocol")
+
+    async def main():
+        r, w = os.pipe()
+        proto = Proto(loop)
+        await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        os.write(w, b"one")
+        await asyncio.sleep(0.05)
+        os.write(w, b"two")
+        os.close(w)
+        await proto.lost
+        return proto.data
+
+    assert run(loop, main()) == b"onetwo"
+    assert [type(e) for e in errors] == [ZeroDivisionError]
+
+
+def test_pty_slave_closed_gives_eio(loop):
+    """Reading a pty master whose slave is gone fails with EIO, which asyncio
+    treats as the end of the stream (no exception handler call)."""
+    async def main():
+        master, slave = os.openpty()
+        proto = Recorder(loop)
+        await loop.connect_read_pipe(lambda: proto, open(master, "rb", buffering=0))
+        os.write(slave, b"bye\n")
+        await asyncio.sleep(0.05)
+        os.close(slave)
+        exc = await asyncio.wait_for(proto.lost, 10)
+        return proto.data, type(exc).__name__, getattr(exc, "errno", None)
+
+    data, exc_type, err = run(loop, main())
+    assert data.replace(b"\r\n", b"\n") == b"bye\n"
+    assert (exc_type, err) == ("OSError", __import__("errno").EIO)
+
+
+def test_transport_state_and_repr(loop, loop_kind):
+    if loop_kind == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip("asyncio 3.10's read pipe transport has no is_reading()")
+
+    async def main():
+        r, w = os.pipe()
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        await asyncio.sleep(0.01)
+        states = [(transport.is_reading(), transport.is_closing(), "polling" in repr(transport))]
+        transport.pause_reading()
+        states.append((transport.is_reading(), transport.is_closing()))
+        transport.resume_reading()
+        transport.close()
+        states.append((transport.is_reading(), transport.is_closing()))
+        await proto.lost
+        os.close(w)
+        return states, repr(transport).endswith("closed>")
+
+    assert run(loop, main()) == ([(True, False, True), (False, False), (False, True)], True)
+
+
+def test_repr_of_an_open_transport_after_loop_close(loop):
+    # CPython's test_unclosed_pipe_transport (uvloop issue #314): repr must
+    # work, and say "open", once the loop under the transport has closed.
+    async def main():
+        r, w = os.pipe()
+        transport, _ = await loop.connect_read_pipe(asyncio.Protocol, open(r, "rb", buffering=0))
+        return transport, w
+
+    transport, w = run(loop, main())
+    loop.close()
+    text = repr(transport)
+    transport._pipe.close()
+    transport._pipe = None
+    os.close(w)
+    assert "open" in text
