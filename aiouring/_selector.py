@@ -56,6 +56,11 @@ def _refuse_like_epoll(fd: int) -> None:
         raise PermissionError(_errno.EPERM, _os.strerror(_errno.EPERM))
 
 
+# Op records of rings closed while another thread owned them (see
+# RingSelector._orphan_in_flight): kept so the kernel never writes into freed memory.
+_orphaned_ops: list = []
+
+
 class _PollArm:
     """The one poll in flight for one registered fd."""
 
@@ -195,12 +200,25 @@ class RingSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
             self.dispatch(self._ring.submit_and_reap(min(0.1, deadline - now)))
         return len(ops.handlers)
 
+    def _orphan_in_flight(self, exc: BaseException) -> None:
+        # Closed from a thread that may not drive this SINGLE_ISSUER ring, so
+        # nobody can reap its last completions. Closing the fd makes the kernel
+        # cancel what is in flight, but asynchronously and without telling us
+        # when it is done: the op records (and the buffers they own) must
+        # outlive that, so they are kept for the life of the process.
+        handlers = self._ops.handlers
+        if handlers:
+            _orphaned_ops.append(dict(handlers))
+            handlers.clear()
+            logger.warning("aiouring: loop closed from a thread that did not run it (%s); "
+                           "%d operations in flight are left to the kernel to cancel", exc, len(_orphaned_ops[-1]))
+
     def close(self) -> None:
         if not self._ring.closed:
             try:
                 self.drain()
-            except RuntimeError as exc:   # closed from a thread that may not drive the ring
-                logger.warning("aiouring: could not drain the ring: %s", exc)
+            except RuntimeError as exc:
+                self._orphan_in_flight(exc)
             self._ring.close()
         self._arms.clear()
         super().close()

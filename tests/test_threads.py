@@ -192,6 +192,35 @@ def test_close_from_another_thread_after_run_forever_in_a_worker():
     assert not leaked, leaked
 
 
+def test_close_from_another_thread_with_a_receive_in_flight(caplog):
+    # Regression: the op records of a ring closed by a thread that may not
+    # reap it stayed counted in flight, and would have been freed with the
+    # loop while the kernel could still write into their buffers.
+    lp = aiouring.Loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    pending = {}
+
+    async def start_receive():
+        pending["task"] = asyncio.ensure_future(lp.sock_recv(a, 1024))
+        await asyncio.sleep(0.01)
+
+    worker = threading.Thread(target=lp.run_until_complete, args=(start_receive(),))
+    worker.start()
+    worker.join(60)
+    assert lp.statistics().ops_in_flight >= 1
+    with caplog.at_level("WARNING", logger="aiouring"):
+        lp.close()
+    assert lp.statistics().ops_in_flight == 0
+    assert "left to the kernel to cancel" in caplog.text
+    # The kernel cancels the receive: the peer's data stays in the socket.
+    b.send(b"still here")
+    a.settimeout(5)
+    assert a.recv(1024) == b"still here"
+    a.close()
+    b.close()
+
+
 def test_sock_operations_from_a_loop_run_in_a_non_main_thread():
     # Native sock_* ops submitted by the owning worker thread, signals-free.
     def worker():
