@@ -848,4 +848,6 @@ class RingTransportsMixin:
                 self._ring.submit()
             except RuntimeError:
                 pass   # not the ring's thread: the next iteration submits it
-        sock.close()
+        # asyncio's own steps close the socket and, on 3.13+, unlink a Unix
+        # server's path (its _remove_reader finds nothing to remove here).
+        super()._stop_serving(sock)

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 import tempfile
 
 import pytest
@@ -330,3 +331,23 @@ def test_many_readers(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="asyncio removes the socket file from 3.13")
+def test_unix_server_close_removes_its_socket_file(loop):
+    """CPython 3.13's UnixServerCleanupTests: closing a Unix server unlinks
+    the path it listened on (asyncio's unix _stop_serving does it)."""
+    async def main():
+        path = os.path.join(tempfile.mkdtemp(prefix="aiou"), "srv")
+        try:
+            server = await asyncio.start_unix_server(lambda r, w: None, path)
+            assert os.path.exists(path)
+            server.close()
+            assert not os.path.exists(path)
+            await server.wait_closed()
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+
+    run(loop, main())
