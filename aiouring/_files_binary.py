@@ -569,7 +569,12 @@ class BinaryFile:
         if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END, os.SEEK_DATA, os.SEEK_HOLE):
             raise ValueError(f"whence value {whence} unsupported")
         offset = offset.__index__()
-        if whence <= os.SEEK_CUR and not self._wbuf and self._late_write is None and not self._lock.locked:
+        if self._stream:
+            if self._buffer_size:
+                raise _UnsupportedOperation("File or stream is not seekable.")   # BufferedReader's check
+            os.lseek(self._fd, offset, whence)    # FileIO just tries: ESPIPE
+        if (whence <= os.SEEK_CUR and not self._stream and not self._wbuf and self._late_write is None
+                and not self._lock.locked):
             # Nothing to flush and nobody mid-operation: no await needed.
             target = offset + self._pos if whence == os.SEEK_CUR else offset
             if target < 0:
@@ -592,6 +597,8 @@ class BinaryFile:
 
     async def tell(self) -> int:
         self._check_closed()
+        if self._stream:
+            os.lseek(self._fd, 0, os.SEEK_CUR)   # raises ESPIPE, as the built-in file's tell
         return self._pos
 
     async def truncate(self, size: Optional[int] = None) -> int:

@@ -877,6 +877,11 @@ def test_pipe_streams(loop, tmp_path, buffering):
         writer = asyncio.ensure_future(loop.run_in_executor(None, _write_and_close, w, payload))
         async with aiouring.open(r, "rb", buffering=buffering) as f:
             assert not f.seekable()
+            with open(os.dup(r), "rb", buffering=buffering) as bf:
+                for call, args in (("tell", ()), ("seek", (0,)), ("seek", (5, 1)), ("seek", (0, 2))):
+                    want = outcome(lambda: getattr(bf, call)(*args))
+                    assert await aoutcome(lambda: getattr(f, call)(*args)) == want, call
+                    assert want[0] == "raise"
             first = await f.readline()
             second = await f.read(5)
             rest = await f.read()
