@@ -95,7 +95,7 @@ class RingReadPipeTransport(transports.ReadTransport):
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None) -> None:
         super().__init__(extra)
-        self._extra['pipe'] = pipe
+        self._extra['pipe'] = pipe  # type: ignore[attr-defined]  # BaseTransport's, untyped
         self._loop = loop
         self._pipe = pipe
         self._fileno = pipe.fileno()
@@ -121,7 +121,7 @@ class RingReadPipeTransport(transports.ReadTransport):
         self._loop.call_soon(self._arm)
         if waiter is not None:
             # only wake up the waiter when connection_made() has been called
-            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
 
     # ---- reading ----------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Child processes watched through the ring, without a watcher thread.
+"""Child processes watched through the ring, without a watcher thread; the
+loop-side hooks for subprocesses and pipes.
 
 Facts
 -----
@@ -33,7 +34,11 @@ What this means for aiouring
 * ``loop.close()`` cancels the watch. A child still running then would become
   a zombie nobody reaps, so it is handed to an *orphan reaper*: a daemon thread
   blocked in ``waitpid`` for that one pid, which is what asyncio's default
-  watcher does for every child. The close never waits for the child.
+  watcher does for every child. The close never waits for the child. A close
+  that cannot drain the ring (from another thread) hands over every watch
+  still unanswered.
+* Read pipes, and so a child's stdout/stderr, use the ring-native
+  :class:`~aiouring._pipes.RingReadPipeTransport`; write pipes stay asyncio's.
 """
 
 from __future__ import annotations
@@ -247,9 +252,11 @@ class ChildProcessMixin:
         return kind
 
     def _watch_child(self, pid: int, transport) -> None:
+        watch: _ChildWatch
         if self._child_watch_method() == "waitid":
-            watch: _ChildWatch = _WaitidWatch(self, pid, transport)
-            watch.submit()
+            waitid = _WaitidWatch(self, pid, transport)
+            waitid.submit()
+            watch = waitid
         else:
             watch = _PidfdWatch.start(self, pid, transport)
         self._child_watches[pid] = watch

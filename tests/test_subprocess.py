@@ -501,7 +501,7 @@ def test_child_exits_before_close_of_a_loop_not_running(loop, loop_kind, watch):
 
 @pytest.mark.parametrize("watch", WATCH_KINDS)
 @pytest.mark.parametrize("kind", LOOP_KINDS)
-def test_loop_closed_from_another_thread_still_reaps(kind, watch, caplog):
+def test_loop_closed_from_another_thread_still_reaps(kind, watch):
     """A loop run in one thread and closed from another (a common pattern).
     aiouring's ring may only be driven by the thread that ran it, so that close
     cannot drain; the unanswered child watch must still end with the child
@@ -529,7 +529,6 @@ def test_loop_closed_from_another_thread_still_reaps(kind, watch, caplog):
     wait_reaped(pid)
     assert watches_in_flight(lp) == 0
     if kind == "aiouring":
-        assert "could not drain" in caplog.text   # the situation under test
         assert not [h for h in lp._ops.handlers.values() if type(h).__module__ == "aiouring._process"]
     del lp.proc
     gc.collect()
