@@ -5,13 +5,14 @@ Facts
 * asyncio's read pipe transport makes the fd non-blocking (``O_NONBLOCK`` is
   on the open file description, shared with whoever else holds the pipe) and
   reads it when it polls readable.
-* io_uring honours ``O_NONBLOCK``: an ``IORING_OP_READ`` of an empty
-  non-blocking pipe completes at once with ``-EAGAIN`` instead of waiting.
+* How io_uring treats ``O_NONBLOCK`` on pollable files has changed between
+  kernels: some complete an ``IORING_OP_READ`` of an empty non-blocking pipe at
+  once with ``-EAGAIN``; 6.18 arms its internal poll and waits (measured).
 * ``IOSQE_IO_LINK`` starts the next SQE only after this one succeeded; a
-  ``POLL_ADD`` linked to a ``READ`` therefore reads exactly when the pipe is
-  readable, in the kernel. If the poll fails, the read completes with
-  ``-ECANCELED``. A chain cut by a submit boundary (a full SQ) runs unlinked:
-  the read may then see ``-EAGAIN``.
+  ``POLL_ADD`` linked to a ``READ`` therefore reads when the pipe is readable
+  on every kernel. If the poll fails, the read completes with ``-ECANCELED``.
+  A chain cut by a submit boundary (a full SQ) runs unlinked: the read may
+  then see ``-EAGAIN`` (on kernels of the first kind).
 * ``IOSQE_CQE_SKIP_SUCCESS`` on the poll would save its CQE, but a head that
   carries it and fails also suppresses the CQEs of the requests linked to it
   (``req_set_fail`` sets ``REQ_F_SKIP_LINK_CQES``): a cancelled poll would

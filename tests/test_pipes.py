@@ -541,3 +541,57 @@ def test_repr_of_an_open_transport_after_loop_close(loop):
     transport._pipe = None
     os.close(w)
     assert "open" in text
+
+
+def test_read_pipe_on_a_socket(loop):
+    import socket
+    data = random.Random(10).randbytes(1024 * 1024)
+
+    async def main():
+        a, b = socket.socketpair()
+        proto = Recorder(loop)
+        await loop.connect_read_pipe(lambda: proto, a.makefile("rb", buffering=0))
+        a.close()   # the file object keeps the socket open
+        t = threading.Thread(target=lambda: (b.sendall(data), b.close()), daemon=True)
+        t.start()
+        await asyncio.wait_for(proto.lost, 30)
+        t.join()
+        return proto
+
+    proto = run(loop, main())
+    assert sha(proto.data) == sha(data) and proto.events == ["made", "eof", ("lost", None)]
+
+
+@pytest.mark.parametrize("sq_entries", [1, 2])
+def test_read_pipes_on_a_tiny_ring(sq_entries):
+    """With a 1-entry SQ every linked POLL+READ pair is cut by a forced submit
+    (with 2 entries, some are): the read then runs unlinked, and on kernels
+    that honour O_NONBLOCK sees EAGAIN on an empty pipe. Nothing may be lost
+    or reordered."""
+    import aiouring
+    fds_before = set(os.listdir("/proc/self/fd"))
+    loop = aiouring.Loop(sq_entries=sq_entries, cq_entries=4 * sq_entries)
+    payloads = [random.Random(20 + i).randbytes(512 * 1024 + i) for i in range(5)]
+
+    async def one(payload):
+        r, w = os.pipe()
+        proto = Recorder(loop)
+        await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        await asyncio.sleep(0.01)   # the first read now waits on an empty pipe
+        t = writer_thread(w, payload, chunk=4096)
+        await proto.lost
+        t.join()
+        return proto.data
+
+    async def main():
+        return await asyncio.gather(*(one(p) for p in payloads))
+
+    try:
+        got = run(loop, main(), timeout=60)
+    finally:
+        loop.close()
+    assert [sha(g) for g in got] == [sha(p) for p in payloads]
+    assert loop._ring.statistics().sq_full_flushes > 0   # chains were cut
+    assert len(loop._ops) == 0
+    leaked = {fd for fd in set(os.listdir("/proc/self/fd")) - fds_before if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked
