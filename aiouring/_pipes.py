@@ -34,6 +34,11 @@ What this means for aiouring
   selector key, no handle per event.
 * One read is in flight at most, into one buffer owned by the transport and by
   the op record (which keeps it alive until the CQE, even after a close).
+  asyncio's ``os.read(fd, 256 KiB)`` allocates only for the moment; a buffer
+  that lives as long as the transport must be small, or a thousand children's
+  stdout and stderr would pin half a GiB. A pipe read never returns more than
+  the pipe holds, so the buffer is the pipe's capacity (``F_GETPIPE_SZ``, 64 KiB
+  by default: the same chunks as asyncio); other files get 64 KiB.
 * ``pause_reading()`` never cancels: a read already in flight completes and
   its result is held until ``resume_reading()``; no further read is armed, so
   the writer feels back-pressure as with asyncio.
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import fcntl
 import os
 import select
 import stat
@@ -93,6 +99,7 @@ class RingReadPipeTransport(transports.ReadTransport):
     """asyncio's ``_UnixReadPipeTransport`` with its reads on the ring."""
 
     max_size = 256 * 1024  # as asyncio: at most this much per read
+    _other_buf_size = 64 * 1024   # sockets, ttys, devices: see the facts above
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None) -> None:
         super().__init__(extra)
@@ -116,6 +123,12 @@ class RingReadPipeTransport(transports.ReadTransport):
             raise ValueError("Pipe transport is for pipes/sockets only.")
 
         os.set_blocking(self._fileno, False)
+        self._buf_size = self._other_buf_size
+        if stat.S_ISFIFO(mode):
+            try:
+                self._buf_size = min(self.max_size, fcntl.fcntl(self._fileno, fcntl.F_GETPIPE_SZ))
+            except OSError:
+                pass
 
         self._loop.call_soon(self._protocol.connection_made, self)
         # only start reading when connection_made() has been called
@@ -131,11 +144,11 @@ class RingReadPipeTransport(transports.ReadTransport):
             return
         loop = self._loop
         if self._buf is None:
-            self._buf = Ring.alloc("char[]", self.max_size)
+            self._buf = Ring.alloc("char[]", self._buf_size)
         ud = loop._ops.register(_PipeRead(self, self._buf))
         ring = loop._ring
         ring.prep(_OP_POLL_ADD, self._fileno, Ring.null, 0, 0, _POLLIN, UD_IGNORE, sqe_flags=_LINK)
-        ring.prep(_OP_READ, self._fileno, self._buf, self.max_size, _CURRENT_POSITION, 0, ud)
+        ring.prep(_OP_READ, self._fileno, self._buf, self._buf_size, _CURRENT_POSITION, 0, ud)
         self._read_ud = ud
 
     def _read_directly(self):

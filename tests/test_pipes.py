@@ -595,3 +595,35 @@ def test_read_pipes_on_a_tiny_ring(sq_entries):
     assert len(loop._ops) == 0
     leaked = {fd for fd in set(os.listdir("/proc/self/fd")) - fds_before if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not leaked
+
+
+def test_read_buffer_is_the_pipe_capacity(loop, loop_kind):
+    """A ring read buffer lives as long as its transport; it must not be
+    asyncio's 256 KiB per pipe (many children's pipes would pin that much
+    each). Reads of a grown pipe still deliver everything, in order."""
+    import fcntl
+    if loop_kind == "asyncio":
+        pytest.skip("asyncio allocates per read")
+    data = random.Random(11).randbytes(3 * 1024 * 1024)
+
+    async def main():
+        r, w = os.pipe()
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1024 * 1024)   # a 1 MiB pipe: the buffer caps at max_size
+        proto = Recorder(loop)
+        transport, _ = await loop.connect_read_pipe(lambda: proto, open(r, "rb", buffering=0))
+        size = transport._buf_size
+        r2, w2 = os.pipe()
+        other, _ = await loop.connect_read_pipe(asyncio.Protocol, open(r2, "rb", buffering=0))
+        default_size = other._buf_size, min(256 * 1024, fcntl.fcntl(r2, fcntl.F_GETPIPE_SZ))
+        other.close()
+        os.close(w2)
+        t = writer_thread(w, data, chunk=512 * 1024)
+        await proto.lost
+        t.join()
+        return size, default_size, proto
+
+    size, default_size, proto = run(loop, main(), timeout=60)
+    assert size == 256 * 1024                    # a 1 MiB pipe: capped at asyncio's max_size
+    assert default_size[0] == default_size[1]    # otherwise the pipe's capacity (64 KiB on 4 KiB pages)
+    assert sha(proto.data) == sha(data)
+    assert max(map(len, proto.chunks)) <= 256 * 1024
