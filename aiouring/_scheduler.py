@@ -80,6 +80,8 @@ class RunOnceMixin:
         # transports) must not overtake callbacks that were ready before this
         # poll; they look here and queue behind them when there are any.
         self._callbacks_before_io = len(ready)
+        if selector.from_other_threads:   # add_reader & co. from other threads
+            selector.take_requests_from_other_threads()
         batch = selector._ring.submit_and_reap(timeout)
         if batch:
             selector._ready = fd_events = []

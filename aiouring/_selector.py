@@ -26,6 +26,7 @@ What this means for aiouring
 
 from __future__ import annotations
 
+import collections
 import errno as _errno
 import logging
 import os as _os
@@ -59,6 +60,9 @@ def _refuse_like_epoll(fd: int) -> None:
 # Op records of rings closed while another thread owned them (see
 # RingSelector._orphan_in_flight): kept so the kernel never writes into freed memory.
 _orphaned_ops: list = []
+
+
+_ARM, _CANCEL = 1, 2   # requests in RingSelector.from_other_threads
 
 
 class _PollArm:
@@ -106,6 +110,12 @@ class RingSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
         self.on_handler_error = None   # set by the loop: (exc, handler) -> None
         self._poll_add = ring.prep
         self._null = ring.null
+        # Polls to arm or cancel that threads other than the ring's owner asked
+        # for (asyncio lets any thread add_reader; only the owner may touch the
+        # SQ). The owner takes them before its next enter; wake_owner (set by
+        # the loop) gets it out of a wait that could otherwise last forever.
+        self.from_other_threads: collections.deque = collections.deque()
+        self.wake_owner = None
 
     def _arm(self, arm: _PollArm, events: int) -> None:
         mask = 0
@@ -123,13 +133,19 @@ class RingSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
         key = super().register(fileobj, events, data)
         arm = _PollArm(self, key.fd)
         self._arms[key.fd] = arm
-        self._arm(arm, events)
+        if self._on_other_thread():
+            self._ask_owner(_ARM, arm, events)
+        else:
+            self._arm(arm, events)
         return key
 
     def unregister(self, fileobj):
         key = super().unregister(fileobj)
         arm = self._arms.pop(key.fd, None)
         if arm is not None and not self._ring.closed:
+            if self._on_other_thread():
+                self._ask_owner(_CANCEL, arm, 0)
+                return key
             self._ops.cancel(arm.ud)
             # The poll holds the kernel's reference to the file: until the
             # cancel reaches the kernel, a socket the caller closes right after
@@ -139,12 +155,34 @@ class RingSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
                 self._ring.submit()
         return key
 
+    def _on_other_thread(self) -> bool:
+        owner = self._ring.owner_thread
+        return owner is not None and owner != _get_ident()
+
+    def _ask_owner(self, what: int, arm: _PollArm, events: int) -> None:
+        self.from_other_threads.append((what, arm, events))
+        if self.wake_owner is not None:
+            self.wake_owner()
+
+    def take_requests_from_other_threads(self) -> None:
+        """Arm or cancel what other threads asked for (owner thread only)."""
+        queue = self.from_other_threads
+        while queue:
+            what, arm, events = queue.popleft()
+            if what == _ARM:
+                if self._arms.get(arm.fd) is arm:   # not unregistered meanwhile
+                    self._arm(arm, events)
+            elif arm.ud and not self._ring.closed:   # ud 0: it was never armed
+                self._ops.cancel(arm.ud)
+
     def modify(self, fileobj, events, data=None):
         # _BaseSelectorImpl.modify re-registers when the events change (a new
         # poll) and only swaps the key when just the data changes.
         return super().modify(fileobj, events, data)
 
     def select(self, timeout=None):
+        if self.from_other_threads:
+            self.take_requests_from_other_threads()
         batch = self._ring.submit_and_reap(timeout)
         if not batch:
             return []

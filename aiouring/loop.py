@@ -185,6 +185,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
         self._late_reads: "weakref.WeakKeyDictionary[socket.socket, list]" = weakref.WeakKeyDictionary()
         super().__init__(selector)
         selector.on_handler_error = self._on_handler_error
+        selector.wake_owner = self._write_to_self
 
     # ---- introspection ----------------------------------------------------
 

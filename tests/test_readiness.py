@@ -8,6 +8,8 @@ import os
 import socket
 import sys
 import tempfile
+import threading
+import time
 
 import pytest
 
@@ -351,3 +353,43 @@ def test_unix_server_close_removes_its_socket_file(loop):
             os.rmdir(os.path.dirname(path))
 
     run(loop, main())
+
+
+def test_add_and_remove_reader_from_another_thread(loop):
+    """asyncio lets another thread add a reader to a running loop (epoll_ctl
+    is thread-safe and wakes nothing, but the blocked epoll_wait sees the fd).
+    On the ring the poll must be queued by the loop's own thread, and the
+    loop, asleep with no timer, must be woken to do it."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    got = []
+    result = []
+
+    def from_thread():
+        time.sleep(0.05)   # the loop is asleep in the kernel by now
+        loop.add_reader(r, lambda: (got.append(os.read(r, 100)), loop.remove_reader(r), loop.stop()))
+        time.sleep(0.05)
+        os.write(w, b"ping")
+
+    t = threading.Thread(target=from_thread)
+    watchdog = threading.Timer(20, lambda: loop.call_soon_threadsafe(loop.stop))
+    watchdog.start()
+    t.start()
+    try:
+        loop.run_forever()   # no timers: only the reader can stop it
+        result.append(list(got))
+        # And removing from another thread while the loop sleeps.
+        loop.add_reader(r, got.append, "must not run")
+        remover = threading.Thread(target=lambda: (time.sleep(0.05), loop.remove_reader(r),
+                                                   os.write(w, b"late"),
+                                                   loop.call_soon_threadsafe(loop.call_later, 0.05, loop.stop)))
+        remover.start()
+        loop.run_forever()
+        remover.join()
+    finally:
+        watchdog.cancel()
+        t.join()
+        os.close(r)
+        os.close(w)
+    assert result == [[b"ping"]]
+    assert "must not run" not in got
