@@ -12,8 +12,10 @@ hot attributes are bound to locals.
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 from asyncio import base_events, events
+from typing import Any, Callable, Optional
 
 __all__ = ["RunOnceMixin"]
 
@@ -28,7 +30,8 @@ _format_handle = base_events._format_handle
 class RunOnceMixin:
     """Mixed into :class:`aiouring.loop.Loop` ahead of asyncio's classes."""
 
-    def call_soon(self, callback, *args, context=None):
+    def call_soon(self, callback: Callable[..., object], *args: Any,
+                  context: Optional[contextvars.Context] = None) -> events.Handle:
         if self._debug:
             handle = super().call_soon(callback, *args, context=context)
             if handle._source_traceback:

@@ -38,6 +38,10 @@ import operator
 import socket
 import weakref
 from asyncio import base_events
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 from . import _sockaddr
 from .ring import Ring, error_from_result, uapi
@@ -193,7 +197,7 @@ class SocketOpsMixin:
 
     # ---- receive ------------------------------------------------------------
 
-    async def sock_recvfrom(self, sock, bufsize):
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to ``bufsize`` bytes: ``(data, address)``."""
         self._check_sock(sock)
         if bufsize.__class__ is not int:
@@ -224,7 +228,7 @@ class SocketOpsMixin:
             self._abandon_recvfrom(ud, sock, fut, bufs)
             raise
 
-    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+    async def sock_recvfrom_into(self, sock: socket.socket, buf: WriteableBuffer, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram into ``buf``: ``(nbytes, address)``."""
         self._check_sock(sock)
         if not nbytes:
@@ -267,7 +271,7 @@ class SocketOpsMixin:
 
     # ---- send -----------------------------------------------------------------
 
-    async def sock_sendto(self, sock, data, address):
+    async def sock_sendto(self, sock: socket.socket, data: ReadableBuffer, address: Any) -> int:
         """Send a datagram to ``address``; return the number of bytes sent."""
         self._check_sock(sock)
         try:
@@ -300,7 +304,7 @@ class SocketOpsMixin:
 
     # ---- connect -------------------------------------------------------------
 
-    async def sock_connect(self, sock, address):
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         """Connect ``sock`` to ``address`` (host names are resolved first)."""
         if not _is_real_socket(sock):
             return await super().sock_connect(sock, address)

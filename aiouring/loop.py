@@ -37,7 +37,10 @@ import threading
 import weakref
 from asyncio import base_events
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 from ._ops import FutureOp, OpTable
 from ._process import ChildProcessMixin
@@ -330,7 +333,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
-    async def sock_recv(self, sock, n):
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to ``n`` bytes from ``sock`` (a non-blocking socket)."""
         self._check_sock(sock)
         if n.__class__ is not int:
@@ -364,7 +367,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             self._abandon_read(ud, sock, fut, buf)
             raise
 
-    async def sock_recv_into(self, sock, buf):
+    async def sock_recv_into(self, sock: socket.socket, buf: WriteableBuffer) -> int:
         """Receive into the writable buffer ``buf``; return the byte count."""
         self._check_sock(sock)
         view = memoryview(buf).cast("B")
@@ -397,7 +400,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             self._abandon_read(ud, sock, fut, tmp)
             raise
 
-    async def sock_sendall(self, sock, data):
+    async def sock_sendall(self, sock: socket.socket, data: ReadableBuffer) -> None:
         """Send all of ``data``; partial sends continue where they stopped."""
         self._check_sock(sock)
         try:
@@ -435,7 +438,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             if ptr is not None:
                 Ring.release(ptr)
 
-    async def sock_accept(self, sock):
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         """Accept a connection: ``(conn, address)``, ``conn`` non-blocking."""
         self._check_sock(sock)
         try:

@@ -148,11 +148,6 @@ LOOP_METHODS = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.xfail(strict=True, reason="aiouring.Loop overrides sock_recv, sock_recv_into, sock_sendall, "
-                   "sock_accept, sock_connect and call_soon without annotations, so code that declares "
-                   "`loop: aiouring.Loop` gets no-untyped-call under mypy --strict and Any results "
-                   "(declaring asyncio.AbstractEventLoop works). Remove this mark once they are annotated "
-                   "as in asyncio's AbstractEventLoop.")
 def test_loop_methods_are_typed(tmp_path):
     out = _mypy(tmp_path, "loop_usage.py", LOOP_METHODS)
     revealed = [t.replace("builtins.", "") for t in re.findall(r'Revealed type is "([^"]+)"', out)]
