@@ -43,7 +43,7 @@ import errno
 import io
 import os
 import warnings
-from typing import Any, Iterable, Optional
+from typing import Any, AnyStr, Generic, Iterable, Optional, TypeVar
 
 from ._files_backend import file_ops
 
@@ -103,7 +103,45 @@ class _StreamLock:
         self.release()
 
 
-class BinaryFile:
+_Self = TypeVar("_Self", bound="_LineReader[Any]")
+
+
+class _LineReader(Generic[AnyStr]):
+    """readlines() and async iteration, on top of a file's readline(): the
+    same for binary and text files, as in io.IOBase."""
+
+    def _check_closed(self) -> None:   # each file class has its own
+        raise NotImplementedError
+
+    async def readline(self, size: Optional[int] = -1) -> AnyStr:
+        raise NotImplementedError
+
+    async def readlines(self, hint: Optional[int] = -1) -> "list[AnyStr]":
+        if hint is None or hint <= 0:
+            hint = -1
+        lines: "list[AnyStr]" = []
+        total = 0
+        while True:
+            line = await self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __aiter__(self: _Self) -> _Self:
+        self._check_closed()
+        return self
+
+    async def __anext__(self) -> AnyStr:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class BinaryFile(_LineReader[bytes]):
     """An open binary file. Built by :func:`aiouring.open`; not by users."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -482,30 +520,6 @@ class BinaryFile:
             else:
                 self._rbuf, self._roff = b"", 0
             return line[:end] if end < len(line) else line
-
-    async def readlines(self, hint: Optional[int] = -1) -> list:
-        if hint is None or hint <= 0:
-            hint = -1
-        lines = []
-        total = 0
-        while True:
-            line = await self.readline()
-            if not line:
-                return lines
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                return lines
-
-    def __aiter__(self) -> "BinaryFile":
-        self._check_closed()
-        return self
-
-    async def __anext__(self) -> bytes:
-        line = await self.readline()
-        if not line:
-            raise StopAsyncIteration
-        return line
 
     # ---- writing ----------------------------------------------------------
 

@@ -29,7 +29,7 @@ import os
 import sys
 from typing import Any, Iterable, Optional
 
-from ._files_binary import BinaryFile, _StreamLock
+from ._files_binary import BinaryFile, _LineReader, _StreamLock
 
 _CHUNK_SIZE = 8192
 _UnsupportedOperation = io.UnsupportedOperation
@@ -71,7 +71,7 @@ def _unpack_cookie(cookie: int):
     return position, dec_flags, bytes_to_feed, need_eof, chars_to_skip
 
 
-class TextFile:
+class TextFile(_LineReader[str]):
     """An open text file. Built by :func:`aiouring.open`; not by users."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -298,30 +298,6 @@ class TextFile:
         # moved back by one character for that).
         pos = line.find(self._readnl, start)
         return pos + len(self._readnl) if pos >= 0 else -1
-
-    async def readlines(self, hint: Optional[int] = -1) -> list:
-        if hint is None or hint <= 0:
-            hint = -1
-        lines = []
-        total = 0
-        while True:
-            line = await self.readline()
-            if not line:
-                return lines
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                return lines
-
-    def __aiter__(self) -> "TextFile":
-        self._check_closed()
-        return self
-
-    async def __anext__(self) -> str:
-        line = await self.readline()
-        if not line:
-            raise StopAsyncIteration
-        return line
 
     # ---- writing ----------------------------------------------------------
 
