@@ -333,6 +333,24 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
+    async def _ring_recv(self, sock: socket.socket, n: int, into: Optional[memoryview]) -> Any:
+        """Wait on the ring for data: one RECV into a buffer of ours (see
+        _RecvOp), copied into ``into`` for sock_recv_into."""
+        self._check_ring_thread()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        fut = self.create_future()
+        if n > _MAX_RW:
+            n = _MAX_RW
+        buf = Ring.alloc("char[]", n or 1)
+        ud = self._register_op(_RecvOp(fut, buf, sock, self, into))
+        self._prep(_OP_RECV, fd, buf, n, 0, 0, ud)
+        try:
+            return await fut
+        except _CancelledError:
+            self._abandon_read(ud, sock, fut, buf)
+            raise
+
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         """Receive up to ``n`` bytes from ``sock`` (a non-blocking socket)."""
         self._check_sock(sock)
@@ -352,20 +370,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             return sock.recv(n)   # see _EAGER at the top
         except (BlockingIOError, InterruptedError):
             pass
-        self._check_ring_thread()
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        fut = self.create_future()
-        if n > _MAX_RW:
-            n = _MAX_RW
-        buf = Ring.alloc("char[]", n or 1)
-        ud = self._register_op(_RecvOp(fut, buf, sock, self))
-        self._prep(_OP_RECV, fd, buf, n, 0, 0, ud)
-        try:
-            return await fut
-        except _CancelledError:
-            self._abandon_read(ud, sock, fut, buf)
-            raise
+        return await self._ring_recv(sock, n, None)
 
     async def sock_recv_into(self, sock: socket.socket, buf: WriteableBuffer) -> int:
         """Receive into the writable buffer ``buf``; return the byte count."""
@@ -385,20 +390,7 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
             return sock.recv_into(view)   # see _EAGER at the top
         except (BlockingIOError, InterruptedError):
             pass
-        self._check_ring_thread()
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        fut = self.create_future()
-        if n > _MAX_RW:
-            n = _MAX_RW
-        tmp = Ring.alloc("char[]", n or 1)
-        ud = self._register_op(_RecvOp(fut, tmp, sock, self, view))
-        self._prep(_OP_RECV, fd, tmp, n, 0, 0, ud)
-        try:
-            return await fut
-        except _CancelledError:
-            self._abandon_read(ud, sock, fut, tmp)
-            raise
+        return await self._ring_recv(sock, n, view)
 
     async def sock_sendall(self, sock: socket.socket, data: ReadableBuffer) -> None:
         """Send all of ``data``; partial sends continue where they stopped."""
