@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
 from . import _sockaddr
+from ._ops import FutureOp
 from .ring import Ring, error_from_result, uapi
 
 __all__ = ["SocketOpsMixin"]
@@ -120,30 +121,6 @@ class _RecvFromOp:
         else:
             self.into[:res] = Ring.cbuffer(self.bufs.data, res)
             fut.set_result((res, self.bufs.sender(self.sock.family)))
-
-    def abandon(self) -> None:
-        if not self.fut.done():
-            self.fut.cancel()
-
-
-class _KeepOp:
-    """An op whose CQE just resolves a future with the result (or error);
-    ``keep`` is what the kernel may touch until then."""
-
-    __slots__ = ("fut", "keep")
-
-    def __init__(self, fut, keep) -> None:
-        self.fut = fut
-        self.keep = keep
-
-    def __call__(self, res: int, flags: int) -> None:
-        fut = self.fut
-        if fut.done():
-            return
-        if res < 0:
-            fut.set_exception(error_from_result(res))
-        else:
-            fut.set_result(res)
 
     def abandon(self) -> None:
         if not self.fut.done():
@@ -294,7 +271,7 @@ class SocketOpsMixin:
             Ring.cbuffer(copy, n)[:] = view
         bufs = _MsgBuffers(copy, n, raw)
         fut = self.create_future()
-        ud = self._register_op(_KeepOp(fut, bufs))
+        ud = self._register_op(FutureOp(fut, bufs))
         self._prep(_OP_SENDMSG, fd, bufs.msg, 1, 0, _MSG_NOSIGNAL, ud)
         try:
             return await fut
@@ -327,7 +304,7 @@ class SocketOpsMixin:
         fd = sock.fileno()
         name = Ring.alloc("char[]", raw)
         fut = self.create_future()
-        ud = self._register_op(_KeepOp(fut, name))
+        ud = self._register_op(FutureOp(fut, name))
         self._prep(_OP_CONNECT, fd, name, 0, len(raw), 0, ud)
         # asyncio starts the connect when the coroutine starts (the SYN is out
         # before it first yields); code may rely on that, e.g. a blocking
