@@ -47,7 +47,7 @@ from ._process import ChildProcessMixin
 from ._scheduler import RunOnceMixin
 from ._selector import RingSelector
 from ._sockets import SocketOpsMixin
-from .transports import RingTransportsMixin
+from .transports import DEFAULT_RECV_BUFFER_SIZE, DEFAULT_RECV_BUFFERS, RingTransportsMixin
 from .ring import Ring, RingInfo, RingStatistics, error_from_result, uapi
 from . import _sockaddr
 
@@ -153,6 +153,20 @@ class _AcceptOp:
             self.fut.cancel()
 
 
+def _recv_buffer_shape(count: Optional[int], size: Optional[int]) -> tuple:
+    """(count, size) of the socket transports' provided receive buffers."""
+    count = DEFAULT_RECV_BUFFERS if count is None else count
+    size = DEFAULT_RECV_BUFFER_SIZE if size is None else size
+    for name, value in (("recv_buffers", count), ("recv_buffer_size", size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 1 <= count <= 32768 or count & (count - 1):
+        raise ValueError(f"recv_buffers must be a power of two between 1 and 32768, got {count}")
+    if not 1 <= size <= 1 << 24:
+        raise ValueError(f"recv_buffer_size must be between 1 and {1 << 24}, got {size}")
+    return count, size
+
+
 class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin, asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """An asyncio event loop whose I/O runs on io_uring.
 
@@ -167,7 +181,10 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
     _closed = True
 
     def __init__(self, *, sq_entries: Optional[int] = None, cq_entries: Optional[int] = None,
-                 backing: Optional[str] = None, huge_pages: bool = True) -> None:
+                 backing: Optional[str] = None, huge_pages: bool = True,
+                 recv_buffers: Optional[int] = None, recv_buffer_size: Optional[int] = None) -> None:
+        # Validated before the ring exists, so bad options leave nothing to close.
+        self._recv_buffer_shape = _recv_buffer_shape(recv_buffers, recv_buffer_size)
         ring_kwargs: dict = {"backing": backing, "huge_pages": huge_pages}
         if sq_entries is not None:
             ring_kwargs["sq_entries"] = sq_entries

@@ -82,8 +82,9 @@ __all__ = ["RingTransportsMixin", "RingSocketTransport"]
 # Incremental consumption (IOU_PBUF_RING_INC, 6.12) would pack small reads
 # densely into fewer buffers: the next step.
 _RECV_GROUP_ID = 0x5A
-_RECV_BUFFERS = 128
-_RECV_BUFFER_SIZE = 64 * 1024
+# Both can be set per loop: Loop(recv_buffers=..., recv_buffer_size=...).
+DEFAULT_RECV_BUFFERS = 128
+DEFAULT_RECV_BUFFER_SIZE = 64 * 1024
 # Bytes held for a paused transport before its multishot receive is asked to
 # stop, so that the peer feels back-pressure. About one socket buffer.
 _HOLD_LIMIT = 256 * 1024
@@ -795,7 +796,8 @@ class RingTransportsMixin:
             if (_kernel_at_least(6, 0) and not ring.closed
                     and ring.supports(_OP_RECV) and ring.supports(_OP_SEND) and ring.supports(_OP_ACCEPT)):
                 try:
-                    buffers = _RecvBuffers(ring.buffer_ring(_RECV_GROUP_ID, _RECV_BUFFERS, _RECV_BUFFER_SIZE))
+                    count, size = self._recv_buffer_shape
+                    buffers = _RecvBuffers(ring.buffer_ring(_RECV_GROUP_ID, count, size))
                 except OSError as exc:
                     logger.debug("aiouring: no provided-buffer ring (%s); using selector transports", exc)
             self._recv_buffers = buffers

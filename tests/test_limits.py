@@ -521,6 +521,12 @@ def test_tiny_ring_serves_streams_with_content_intact():
     ({"sq_entries": 8.0}, TypeError),
     ({"sq_entries": True}, TypeError),
     ({"backing": "floppy"}, ValueError),
+    ({"recv_buffers": 0}, ValueError),
+    ({"recv_buffers": 3}, ValueError),
+    ({"recv_buffers": 65536}, ValueError),
+    ({"recv_buffers": "8"}, TypeError),
+    ({"recv_buffer_size": 0}, ValueError),
+    ({"recv_buffer_size": 1 << 30}, ValueError),
 ])
 def test_invalid_ring_sizes_are_refused_by_every_entry_point(kwargs, exc):
     with pytest.raises(exc):
@@ -552,5 +558,35 @@ def test_valid_ring_sizes_are_honoured_rounded_to_powers_of_two(sq, cq):
         if cq is not None:
             assert info.cq_entries == 1 << (cq - 1).bit_length()
         assert lp.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        lp.close()
+
+
+def test_receive_buffers_are_configurable_and_a_tiny_ring_loses_nothing():
+    lp = aiouring.Loop(recv_buffers=4, recv_buffer_size=1024)
+    payload = os.urandom(1 << 20)
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        server = await lp.create_server(Echo, "127.0.0.1", 0)
+        assert lp._stream_buffers().ring.entries == 4
+        assert lp._stream_buffers().ring.buffer_size == 1024
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        writer.write(payload)
+        got = await reader.readexactly(len(payload))
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return _sha(got)
+
+    try:
+        assert lp.run_until_complete(asyncio.wait_for(main(), 60)) == _sha(payload)
     finally:
         lp.close()
