@@ -174,6 +174,23 @@ class SocketOpsMixin:
 
     # ---- receive ------------------------------------------------------------
 
+    async def _ring_recvfrom(self, sock: socket.socket, nbytes: int, into: Any) -> Any:
+        """Wait on the ring for a datagram: one RECVMSG into buffers of ours
+        (see _RecvFromOp), copied into ``into`` for sock_recvfrom_into."""
+        self._check_ring_thread()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        n = min(nbytes, _MAX_RW)
+        bufs = _MsgBuffers(Ring.alloc("char[]", n or 1), n)
+        fut = self.create_future()
+        ud = self._register_op(_RecvFromOp(fut, bufs, sock, self, into))
+        self._prep(_OP_RECVMSG, fd, bufs.msg, 1, 0, 0, ud)
+        try:
+            return await fut
+        except _CancelledError:
+            self._abandon_recvfrom(ud, sock, fut, bufs)
+            raise
+
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
         """Receive a datagram of up to ``bufsize`` bytes: ``(data, address)``."""
         self._check_sock(sock)
@@ -191,19 +208,7 @@ class SocketOpsMixin:
             return sock.recvfrom(bufsize)   # the eager attempt (loop.py's _EAGER)
         except (BlockingIOError, InterruptedError):
             pass
-        self._check_ring_thread()
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        n = min(bufsize, _MAX_RW)
-        bufs = _MsgBuffers(Ring.alloc("char[]", n or 1), n)
-        fut = self.create_future()
-        ud = self._register_op(_RecvFromOp(fut, bufs, sock, self))
-        self._prep(_OP_RECVMSG, fd, bufs.msg, 1, 0, 0, ud)
-        try:
-            return await fut
-        except _CancelledError:
-            self._abandon_recvfrom(ud, sock, fut, bufs)
-            raise
+        return await self._ring_recvfrom(sock, bufsize, None)
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: WriteableBuffer, nbytes: int = 0) -> tuple[int, Any]:
         """Receive a datagram into ``buf``: ``(nbytes, address)``."""
@@ -232,19 +237,7 @@ class SocketOpsMixin:
             return sock.recvfrom_into(view, nbytes)   # the eager attempt
         except (BlockingIOError, InterruptedError):
             pass
-        self._check_ring_thread()
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd)
-        n = min(nbytes, _MAX_RW)
-        bufs = _MsgBuffers(Ring.alloc("char[]", n or 1), n)
-        fut = self.create_future()
-        ud = self._register_op(_RecvFromOp(fut, bufs, sock, self, view))
-        self._prep(_OP_RECVMSG, fd, bufs.msg, 1, 0, 0, ud)
-        try:
-            return await fut
-        except _CancelledError:
-            self._abandon_recvfrom(ud, sock, fut, bufs)
-            raise
+        return await self._ring_recvfrom(sock, nbytes, view)
 
     # ---- send -----------------------------------------------------------------
 
