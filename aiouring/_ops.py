@@ -33,19 +33,32 @@ from typing import Any, Callable, Optional
 
 from .ring import Ring, error_from_result
 
-__all__ = ["OpTable", "FutureOp", "UD_IGNORE"]
+__all__ = ["OpTable", "FutureRecord", "FutureOp", "UD_IGNORE"]
 
 UD_IGNORE = 0
 
 
-class FutureOp:
+class FutureRecord:
+    """Base of op records whose CQE resolves a future: closing the loop
+    abandons them, and their late result then takes the cancelled path."""
+
+    __slots__ = ("fut",)
+
+    def abandon(self) -> None:
+        """Stop caring about the result (loop closing): late results go to
+        the record's cancelled-future path."""
+        if not self.fut.done():
+            self.fut.cancel()
+
+
+class FutureOp(FutureRecord):
     """An operation whose single CQE resolves a future.
 
     ``finish(res)`` turns a successful result into the future's value;
     ``on_late(res, flags)`` receives the result if the future was cancelled.
     """
 
-    __slots__ = ("fut", "keep", "finish", "on_late")
+    __slots__ = ("keep", "finish", "on_late")
 
     def __init__(self, fut, keep: Any = None, finish: Optional[Callable] = None,
                  on_late: Optional[Callable] = None) -> None:
@@ -71,11 +84,6 @@ class FutureOp:
                 fut.set_exception(exc)
             else:
                 fut.set_result(value)
-
-    def abandon(self) -> None:
-        """Stop caring about the result (loop closing): late results go to on_late."""
-        if not self.fut.done():
-            self.fut.cancel()
 
 
 class OpTable:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
 from . import _sockaddr
-from ._ops import FutureOp
+from ._ops import FutureOp, FutureRecord
 from .ring import Ring, error_from_result, uapi
 
 __all__ = ["SocketOpsMixin"]
@@ -94,11 +94,11 @@ class _MsgBuffers:
             return raw
 
 
-class _RecvFromOp:
+class _RecvFromOp(FutureRecord):
     """A native recvmsg. ``into`` is the caller's buffer for
     sock_recvfrom_into: filled only on success, never by a late completion."""
 
-    __slots__ = ("fut", "bufs", "sock", "loop", "into")
+    __slots__ = ("bufs", "sock", "loop", "into")
 
     def __init__(self, fut, bufs: _MsgBuffers, sock, loop, into=None) -> None:
         self.fut = fut
@@ -121,10 +121,6 @@ class _RecvFromOp:
         else:
             self.into[:res] = Ring.cbuffer(self.bufs.data, res)
             fut.set_result((res, self.bufs.sender(self.sock.family)))
-
-    def abandon(self) -> None:
-        if not self.fut.done():
-            self.fut.cancel()
 
 
 def _is_real_socket(sock) -> bool:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-from ._ops import FutureOp, OpTable
+from ._ops import FutureOp, FutureRecord, OpTable
 from ._process import ChildProcessMixin
 from ._scheduler import RunOnceMixin
 from ._selector import RingSelector
@@ -81,12 +81,12 @@ class LoopStatistics:
     ring: RingStatistics
 
 
-class _RecvOp:
+class _RecvOp(FutureRecord):
     """A native receive into our own buffer. ``into`` is the caller's buffer
     for sock_recv_into; the kernel never writes into caller memory, so a late
     completion after cancellation cannot clobber it."""
 
-    __slots__ = ("fut", "buf", "sock", "loop", "into")
+    __slots__ = ("buf", "sock", "loop", "into")
 
     def __init__(self, fut, buf, sock, loop, into=None) -> None:
         self.fut = fut
@@ -107,13 +107,9 @@ class _RecvOp:
             self.into[:res] = Ring.cbuffer(self.buf, res)
             fut.set_result(res)
 
-    def abandon(self) -> None:
-        if not self.fut.done():
-            self.fut.cancel()
 
-
-class _AcceptOp:
-    __slots__ = ("fut", "sock", "addr", "addrlen")
+class _AcceptOp(FutureRecord):
+    __slots__ = ("sock", "addr", "addrlen")
 
     def __init__(self, fut, sock, addr, addrlen) -> None:
         self.fut = fut
@@ -147,10 +143,6 @@ class _AcceptOp:
             except OSError:
                 address = None
         fut.set_result((conn, address))
-
-    def abandon(self) -> None:
-        if not self.fut.done():
-            self.fut.cancel()
 
 
 def _recv_buffer_shape(count: Optional[int], size: Optional[int]) -> tuple:
