@@ -2,12 +2,13 @@
 compile into a message that says what to install (everything else is in
 pyproject.toml)."""
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 _HOW_TO_FIX = """
-aiouring could not compile its C extension (aiouring._ring, the io_uring binding):
+aiouring could not compile its C extensions (aiouring._ring, the io_uring binding, and
+aiouring._hotpath, the scheduler's callback paths):
 {error}
 
 Building aiouring from source needs a C compiler (gcc or clang; CC picks one)
@@ -28,8 +29,10 @@ class BuildExtExplained(build_ext):
 
 
 # cffi subclasses whatever build_ext is registered here to add its own step.
-# cffi compiles against the stable ABI (the module is _ring.abi3.so), so one
-# wheel per architecture serves every CPython from 3.10 (requires-python) on.
+# aiouring._ring (cffi) is built against the stable ABI; aiouring._hotpath
+# (the scheduler's callback paths) uses the full C API for speed (contexts,
+# vectorcall), so a wheel is per CPython version.
 setup(cmdclass={"build_ext": BuildExtExplained},
       cffi_modules=["aiouring/_build/ring_build.py:ffibuilder"],
-      options={"bdist_wheel": {"py_limited_api": "cp310"}})
+      ext_modules=[Extension("aiouring._hotpath", sources=["aiouring/_build/hotpath.c"],
+                             extra_compile_args=["-O2", "-std=gnu11", "-Wall"])])

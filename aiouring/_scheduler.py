@@ -7,19 +7,29 @@ moved to the ready queue after the poll, only the callbacks that were ready
 before the poll run now, debug mode's slow-callback warnings); what changes is
 that the poll is the ring's submit-and-reap called directly, the CQE batch is
 dispatched without going through ``selectors`` when no fd was polled, and the
-hot attributes are bound to locals.
+per-callback work (``call_soon``, the handle, running it) is C
+(``aiouring._hotpath``): asyncio spends about a microsecond of Python on each
+callback, and every task step and future callback is one.
 """
 
 from __future__ import annotations
 
 import contextvars
 import heapq
-from asyncio import base_events, events
+from asyncio import base_events, events, format_helpers
 from typing import Any, Callable, Optional
 
-__all__ = ["RunOnceMixin"]
+from . import _hotpath
 
-_Handle = events.Handle
+__all__ = ["Handle", "RunOnceMixin"]
+
+# The Python side relies on this version of the C module; a stale build of an
+# editable install fails here instead of misbehaving.
+_HOTPATH_ABI = 1
+if getattr(_hotpath, "ABI", None) != _HOTPATH_ABI:
+    raise ImportError(f"aiouring._hotpath is a stale build (ABI {getattr(_hotpath, 'ABI', None)}, "
+                      f"need {_HOTPATH_ABI}); reinstall aiouring (pip install -e .) to rebuild it")
+
 _heappop = heapq.heappop
 _MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
@@ -27,22 +37,49 @@ _MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES
 _format_handle = base_events._format_handle
 
 
-class RunOnceMixin:
-    """Mixed into :class:`aiouring.loop.Loop` ahead of asyncio's classes."""
+class Handle(_hotpath.HandleBase):
+    """What ``call_soon`` returns on an aiouring loop. Its C base holds the
+    attributes asyncio's Handle has and runs the callback; everything else is
+    asyncio's own code, borrowed, so cancel() and repr() behave identically.
+    (Like uvloop's, it is not a subclass of ``asyncio.Handle``.)"""
 
-    def call_soon(self, callback: Callable[..., object], *args: Any,
-                  context: Optional[contextvars.Context] = None) -> events.Handle:
-        if self._debug:
-            handle = super().call_soon(callback, *args, context=context)
-            if handle._source_traceback:
-                # Our frame, as asyncio drops its own: the traceback must end
-                # at the caller's line.
-                del handle._source_traceback[-1]
-            return handle
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        handle = _Handle(callback, args, self, context)
-        self._ready.append(handle)
+    __slots__ = ()
+
+    cancel = events.Handle.cancel
+    cancelled = events.Handle.cancelled
+    _repr_info = events.Handle._repr_info
+    __repr__ = events.Handle.__repr__
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("aiouring handles are made by loop.call_soon(), not directly")
+
+    def get_context(self) -> contextvars.Context:   # asyncio's from 3.12
+        return self._context
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        # asyncio's Handle._run, its except branch.
+        cb = format_helpers._format_callback_source(self._callback, self._args)
+        context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": self}
+        if self._source_traceback:
+            context["source_traceback"] = self._source_traceback
+        self._loop.call_exception_handler(context)
+
+
+_hotpath.set_handle_class(Handle)
+
+
+class RunOnceMixin(_hotpath.LoopCore):
+    """Mixed into :class:`aiouring.loop.Loop` ahead of asyncio's classes; its
+    C base holds ``_ready``, ``_closed`` and ``_debug`` and has ``call_soon``."""
+
+    # call_soon itself is _hotpath.LoopCore.call_soon; this is its debug mode.
+    def _call_soon_debug(self, callback: Callable[..., object], *args: Any,
+                         context: Optional[contextvars.Context] = None) -> events.Handle:
+        handle = base_events.BaseEventLoop.call_soon(self, callback, *args, context=context)
+        if handle._source_traceback:
+            # Our frame, as asyncio drops its own: the traceback must end at
+            # the caller's line.
+            del handle._source_traceback[-1]
         return handle
 
     def _run_once(self):
@@ -124,9 +161,6 @@ class RunOnceMixin:
                                                    _format_handle(handle), dt)
                 finally:
                     self._current_handle = None
+            handle = None   # break cycles if a callback raised
         else:
-            for _ in range(ntodo):
-                handle = popleft()
-                if not handle._cancelled:
-                    handle._run()
-        handle = None   # break cycles if a callback raised
+            self._run_ready(ntodo)

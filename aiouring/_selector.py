@@ -36,6 +36,7 @@ import select as _select
 import time
 from threading import get_ident as _get_ident
 
+from ._hotpath import dispatch as _dispatch
 from ._ops import OpTable, UD_IGNORE
 from .ring import Ring, uapi
 
@@ -194,24 +195,13 @@ class RingSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
         """Hand each completion to its op record. A failing handler must not
         cost the rest of the batch its completions, so errors are reported
         (or, for KeyboardInterrupt/SystemExit, re-raised) after the walk."""
-        handlers = self._ops.handlers
-        pending_exit = None
-        it = iter(batch)
-        for ud, res, flags in zip(it, it, it):
-            handler = handlers.get(ud) if flags & _F_MORE else handlers.pop(ud, None)
-            if handler is None:
-                continue
-            try:
-                handler(res, flags)
-            except (SystemExit, KeyboardInterrupt) as exc:
-                pending_exit = exc
-            except BaseException as exc:
-                if self.on_handler_error is not None:
-                    self.on_handler_error(exc, handler)
-                else:
-                    logger.exception("aiouring: completion handler %r failed", handler)
-        if pending_exit is not None:
-            raise pending_exit
+        _dispatch(batch, self._ops.handlers, _F_MORE, self._handler_failed)
+
+    def _handler_failed(self, exc: BaseException, handler: object) -> None:
+        if self.on_handler_error is not None:
+            self.on_handler_error(exc, handler)
+        else:
+            logger.exception("aiouring: completion handler %r failed", handler, exc_info=exc)
 
     def drain(self, timeout: float = 5.0) -> int:
         """Cancel everything in flight and wait until the kernel has answered

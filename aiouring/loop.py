@@ -168,9 +168,9 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
     """
 
     # A Loop whose ring could not be set up never reaches BaseEventLoop.__init__;
-    # this makes BaseEventLoop.__del__ see it as closed instead of failing
-    # with AttributeError on stderr every time the entry points fall back.
-    _closed = True
+    # _hotpath.LoopCore starts every loop as closed, so BaseEventLoop.__del__
+    # sees it that way instead of failing with AttributeError on stderr every
+    # time the entry points fall back.
 
     def __init__(self, *, sq_entries: Optional[int] = None, cq_entries: Optional[int] = None,
                  backing: Optional[str] = None, huge_pages: bool = True,

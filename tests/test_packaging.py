@@ -1,5 +1,5 @@
 """Packaging, as a user meets it: the sdist carries everything needed to build
-and test, builds into an abi3 wheel with only a compiler and Python headers,
+and test, builds into a wheel with only a compiler and Python headers,
 installs into a fresh venv that then runs aiouring (no repo on the path), and
 a build without a working compiler says what to install.
 
@@ -62,6 +62,7 @@ def test_sdist_has_what_a_build_and_the_tests_need(sdist):
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     required = {"setup.py", "pyproject.toml", "README.md", "aiouring/py.typed",
                 "aiouring/_build/ring_build.py", "aiouring/_build/ring_cdef.h", "aiouring/_build/ring_shim.c",
+                "aiouring/_build/hotpath.c",
                 "aiouring/__init__.py", "aiouring/worker.py",
                 "tests/run.sh", "tests/support.py", "tests/conftest.py", "tests/test_ring.py",
                 "examples/echo_server.py", "examples/_loops.py"}
@@ -70,13 +71,16 @@ def test_sdist_has_what_a_build_and_the_tests_need(sdist):
     assert not built, built
 
 
-def test_wheel_is_abi3_and_complete(wheel):
-    # cffi builds against the stable ABI: one wheel per arch for CPython >= 3.10.
-    assert re.fullmatch(rf"aiouring-{re.escape(VERSION)}-cp310-abi3-linux_\w+\.whl", wheel.name), wheel.name
+def test_wheel_is_complete_and_tagged_for_this_python(wheel):
+    # _ring (cffi) uses the stable ABI, but _hotpath uses the full C API for
+    # speed, so the wheel is for this CPython version, like uvloop's.
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert re.fullmatch(rf"aiouring-{re.escape(VERSION)}-{tag}-{tag}-linux_\w+\.whl", wheel.name), wheel.name
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         metadata = zf.read(f"aiouring-{VERSION}.dist-info/METADATA").decode()
     assert {"aiouring/_ring.abi3.so", "aiouring/py.typed", "aiouring/worker.py", "aiouring/__main__.py"} <= names
+    assert any(re.fullmatch(r"aiouring/_hotpath\.cpython-\d+-\S+\.so", n) for n in names), sorted(names)
     assert not any(n.startswith(("tests/", "examples/", "bench/")) for n in names)
     assert "Requires-Python: >=3.10" in metadata
     assert "Classifier: Operating System :: POSIX :: Linux" in metadata

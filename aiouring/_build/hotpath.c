@@ -1,0 +1,528 @@
+/* aiouring._hotpath: the per-callback and per-completion paths of the loop,
+ * in C.
+ *
+ * asyncio's scheduler costs about a microsecond per callback in Python
+ * (call_soon's frame, Handle.__init__, Handle._run's frame, context.run);
+ * every task step, future callback and stream wake-up pays it. This module
+ * keeps asyncio's semantics and moves only that arithmetic into C:
+ *
+ *   Handle          what call_soon returns; its fields are the attributes
+ *                   asyncio's Handle has (_callback, _args, _cancelled, ...),
+ *                   so asyncio's own Python methods work on it (the Python
+ *                   subclass in aiouring/_scheduler.py borrows them).
+ *   LoopCore        a base class of aiouring.Loop holding _ready, _closed and
+ *                   _debug in C slots, with call_soon (non-debug) and
+ *                   _run_ready (the run-once step's callback loop).
+ *   dispatch()      the CQE walk: user_data -> handler(res, flags).
+ *
+ * Debug mode, error reports and repr stay in Python: they are not hot, and
+ * asyncio's code for them is the specification.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* Bumped when the Python side starts relying on something new here, so a
+ * stale build in an editable install fails at import with a clear message. */
+#define HOTPATH_ABI 1
+
+static PyObject *str_append, *str_popleft, *str_cancelled, *str_run,
+                *str_callback_failed, *str_call_soon_debug, *str_context;
+
+/* The class call_soon instantiates: aiouring._scheduler.Handle, a Python
+ * subclass of HandleBase; set once by set_handle_class(). */
+static PyTypeObject *handle_class;
+
+/* ---- Handle --------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *callback;
+    PyObject *args;               /* a tuple */
+    PyObject *loop;
+    PyObject *context;
+    PyObject *repr;               /* asyncio keeps the repr of a cancelled handle in debug mode */
+    PyObject *source_traceback;
+    PyObject *weakreflist;
+    char cancelled;
+} HandleObject;
+
+static PyTypeObject HandleBase_Type;
+
+static int
+handle_traverse(HandleObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->callback);
+    Py_VISIT(self->args);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->context);
+    Py_VISIT(self->repr);
+    Py_VISIT(self->source_traceback);
+    return 0;
+}
+
+static int
+handle_clear(HandleObject *self)
+{
+    Py_CLEAR(self->callback);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->repr);
+    Py_CLEAR(self->source_traceback);
+    return 0;
+}
+
+static void
+handle_dealloc(HandleObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    handle_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Run the callback in its context, as asyncio's Handle._run does: an
+ * exception other than SystemExit/KeyboardInterrupt goes to the loop's
+ * exception handler (through the Python method _callback_failed) and the
+ * loop goes on. Returns -1 only for what must leave the run-once step. */
+static int
+handle_run(HandleObject *self)
+{
+    PyObject *callback = self->callback, *args = self->args, *context = self->context;
+    PyObject *result = NULL;
+    /* The callback may cancel its own handle, which drops these fields. */
+    Py_XINCREF(callback);
+    Py_XINCREF(args);
+    Py_XINCREF(context);
+    if (callback == NULL || args == NULL || context == NULL || !PyTuple_Check(args)) {
+        PyErr_SetString(PyExc_TypeError, "Handle has no callback, args tuple or context");
+    } else if (PyContext_Enter(context) == 0) {
+        result = PyObject_Call(callback, args, NULL);
+        if (PyContext_Exit(context) != 0)
+            Py_CLEAR(result);
+    }
+    Py_XDECREF(callback);
+    Py_XDECREF(args);
+    Py_XDECREF(context);
+    if (result != NULL) {
+        Py_DECREF(result);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL)
+        PyException_SetTraceback(value, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    if (value == NULL)
+        return 0;
+    PyObject *reported = PyObject_CallMethodOneArg((PyObject *)self, str_callback_failed, value);
+    Py_DECREF(value);
+    if (reported == NULL)
+        return -1;
+    Py_DECREF(reported);
+    return 0;
+}
+
+static PyObject *
+handle_run_method(HandleObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (handle_run(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef handle_methods[] = {
+    {"_run", (PyCFunction)handle_run_method, METH_NOARGS, "Run the callback (asyncio.Handle._run)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef handle_members[] = {
+    {"_callback", T_OBJECT, offsetof(HandleObject, callback), 0, NULL},
+    {"_args", T_OBJECT, offsetof(HandleObject, args), 0, NULL},
+    {"_loop", T_OBJECT, offsetof(HandleObject, loop), 0, NULL},
+    {"_context", T_OBJECT, offsetof(HandleObject, context), 0, NULL},
+    {"_repr", T_OBJECT, offsetof(HandleObject, repr), 0, NULL},
+    {"_source_traceback", T_OBJECT, offsetof(HandleObject, source_traceback), 0, NULL},
+    {"_cancelled", T_BOOL, offsetof(HandleObject, cancelled), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject HandleBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiouring._hotpath.HandleBase",
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C part of aiouring's callback handle.",
+    .tp_traverse = (traverseproc)handle_traverse,
+    .tp_clear = (inquiry)handle_clear,
+    .tp_dealloc = (destructor)handle_dealloc,
+    .tp_weaklistoffset = offsetof(HandleObject, weakreflist),
+    .tp_methods = handle_methods,
+    .tp_members = handle_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* A handle for call_soon: steals nothing, copies the positional args. */
+static PyObject *
+handle_new(PyObject *loop, PyObject *callback, PyObject *const *args, Py_ssize_t nargs, PyObject *context)
+{
+    PyObject *arg_tuple = PyTuple_New(nargs);
+    if (arg_tuple == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(arg_tuple, i, Py_NewRef(args[i]));
+    if (context == NULL || context == Py_None) {
+        context = PyContext_CopyCurrent();
+        if (context == NULL) {
+            Py_DECREF(arg_tuple);
+            return NULL;
+        }
+    } else {
+        Py_INCREF(context);
+    }
+    HandleObject *handle = (HandleObject *)handle_class->tp_alloc(handle_class, 0);
+    if (handle == NULL) {
+        Py_DECREF(arg_tuple);
+        Py_DECREF(context);
+        return NULL;
+    }
+    handle->callback = Py_NewRef(callback);
+    handle->args = arg_tuple;
+    handle->loop = Py_NewRef(loop);
+    handle->context = context;
+    handle->repr = Py_NewRef(Py_None);
+    handle->source_traceback = Py_NewRef(Py_None);
+    handle->cancelled = 0;
+    return (PyObject *)handle;
+}
+
+/* ---- LoopCore ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ready;      /* collections.deque of handles */
+    PyObject *closed;
+    PyObject *debug;
+} LoopCoreObject;
+
+static PyObject *
+loopcore_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    LoopCoreObject *self = (LoopCoreObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    /* Closed until asyncio's __init__ says otherwise: a loop whose ring could
+     * not be set up never gets there, and __del__ must see it as closed. */
+    self->closed = Py_NewRef(Py_True);
+    self->debug = Py_NewRef(Py_False);
+    return (PyObject *)self;
+}
+
+static int
+loopcore_traverse(LoopCoreObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ready);
+    Py_VISIT(self->closed);
+    Py_VISIT(self->debug);
+    return 0;
+}
+
+static int
+loopcore_clear(LoopCoreObject *self)
+{
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->closed);
+    Py_CLEAR(self->debug);
+    return 0;
+}
+
+static void
+loopcore_dealloc(LoopCoreObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    loopcore_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+truth(PyObject *value)
+{
+    if (value == Py_False || value == NULL)
+        return 0;
+    if (value == Py_True)
+        return 1;
+    return PyObject_IsTrue(value);
+}
+
+/* call_soon(callback, *args, context=None), asyncio's non-debug path: a
+ * closed check, a Handle, an append. Debug mode (thread and callback checks,
+ * source tracebacks) is the Python method _call_soon_debug. */
+static PyObject *
+loopcore_call_soon(LoopCoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *context = NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (name != str_context && PyUnicode_Compare(name, str_context) != 0) {
+            if (PyErr_Occurred())
+                return NULL;
+            PyErr_Format(PyExc_TypeError, "call_soon() got an unexpected keyword argument '%U'", name);
+            return NULL;
+        }
+        context = args[nargs + i];
+    }
+    int debug = truth(self->debug);
+    if (debug < 0)
+        return NULL;
+    if (debug) {
+        PyObject *method = PyObject_GetAttr((PyObject *)self, str_call_soon_debug);
+        if (method == NULL)
+            return NULL;
+        PyObject *result = PyObject_Vectorcall(method, args, nargs, kwnames);
+        Py_DECREF(method);
+        return result;
+    }
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "call_soon() missing 1 required positional argument: 'callback'");
+        return NULL;
+    }
+    int closed = truth(self->closed);
+    if (closed < 0)
+        return NULL;
+    if (closed) {
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return NULL;
+    }
+    if (self->ready == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "event loop has no ready queue (not initialised)");
+        return NULL;
+    }
+    PyObject *handle = handle_new((PyObject *)self, args[0], args + 1, nargs - 1, context);
+    if (handle == NULL)
+        return NULL;
+    PyObject *appended = PyObject_CallMethodOneArg(self->ready, str_append, handle);
+    if (appended == NULL) {
+        Py_DECREF(handle);
+        return NULL;
+    }
+    Py_DECREF(appended);
+    return handle;
+}
+
+/* Run the first `ntodo` handles of the ready queue, as the non-debug part of
+ * asyncio's _run_once does. Handles of other classes (asyncio's TimerHandle,
+ * the Handles asyncio's add_reader makes) run through their own _run. */
+static PyObject *
+loopcore_run_ready(LoopCoreObject *self, PyObject *arg)
+{
+    Py_ssize_t ntodo = PyLong_AsSsize_t(arg);
+    if (ntodo == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *ready = self->ready;
+    if (ready == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "event loop has no ready queue (not initialised)");
+        return NULL;
+    }
+    Py_INCREF(ready);
+    for (Py_ssize_t i = 0; i < ntodo; i++) {
+        PyObject *handle = PyObject_CallMethodNoArgs(ready, str_popleft);
+        if (handle == NULL)
+            goto fail;
+        int failed;
+        if (PyObject_TypeCheck(handle, &HandleBase_Type)) {
+            failed = ((HandleObject *)handle)->cancelled ? 0 : handle_run((HandleObject *)handle);
+        } else {
+            PyObject *cancelled = PyObject_GetAttr(handle, str_cancelled);
+            int is_cancelled = cancelled == NULL ? -1 : truth(cancelled);
+            Py_XDECREF(cancelled);
+            failed = is_cancelled < 0;
+            if (is_cancelled == 0) {
+                PyObject *result = PyObject_CallMethodNoArgs(handle, str_run);
+                failed = result == NULL;
+                Py_XDECREF(result);
+            }
+        }
+        Py_DECREF(handle);
+        if (failed)
+            goto fail;
+    }
+    Py_DECREF(ready);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(ready);
+    return NULL;
+}
+
+static PyMethodDef loopcore_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))loopcore_call_soon, METH_FASTCALL | METH_KEYWORDS,
+     "call_soon(callback, *args, context=None) -> Handle"},
+    {"_run_ready", (PyCFunction)loopcore_run_ready, METH_O,
+     "Run the first n handles of the ready queue."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef loopcore_members[] = {
+    {"_ready", T_OBJECT_EX, offsetof(LoopCoreObject, ready), 0, NULL},
+    {"_closed", T_OBJECT_EX, offsetof(LoopCoreObject, closed), 0, NULL},
+    {"_debug", T_OBJECT_EX, offsetof(LoopCoreObject, debug), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject LoopCore_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiouring._hotpath.LoopCore",
+    .tp_basicsize = sizeof(LoopCoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C part of aiouring.Loop: the ready queue, call_soon and the callback loop.",
+    .tp_traverse = (traverseproc)loopcore_traverse,
+    .tp_clear = (inquiry)loopcore_clear,
+    .tp_dealloc = (destructor)loopcore_dealloc,
+    .tp_methods = loopcore_methods,
+    .tp_members = loopcore_members,
+    .tp_new = loopcore_new,
+};
+
+/* ---- the CQE walk ---------------------------------------------------------- */
+
+/* dispatch(batch, handlers, more_flag, on_error): batch is the flat
+ * [user_data, res, flags, ...] list the ring reaped. Each completion goes to
+ * handlers[user_data](res, flags); the entry is removed unless the CQE says
+ * more are coming (more_flag set in flags). A failing handler must not cost
+ * the rest of the batch its completions: on_error(exc, handler) reports it,
+ * and SystemExit/KeyboardInterrupt is raised again after the walk. */
+static PyObject *
+hotpath_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "dispatch(batch, handlers, more_flag, on_error)");
+        return NULL;
+    }
+    PyObject *batch = args[0], *handlers = args[1], *on_error = args[3];
+    if (!PyList_Check(batch) || !PyDict_Check(handlers)) {
+        PyErr_SetString(PyExc_TypeError, "dispatch() needs a list and a dict");
+        return NULL;
+    }
+    long more_flag = PyLong_AsLong(args[2]);
+    if (more_flag == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *pending_exit = NULL;
+    Py_INCREF(batch);
+    for (Py_ssize_t i = 0; i + 2 < PyList_GET_SIZE(batch); i += 3) {
+        PyObject *user_data = PyList_GET_ITEM(batch, i);
+        PyObject *res = PyList_GET_ITEM(batch, i + 1);
+        PyObject *flags = PyList_GET_ITEM(batch, i + 2);
+        long flag_bits = PyLong_AsLong(flags);
+        if (flag_bits == -1 && PyErr_Occurred())
+            goto fail;
+        PyObject *handler = PyDict_GetItemWithError(handlers, user_data);
+        if (handler == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            continue;
+        }
+        Py_INCREF(handler);
+        if (!(flag_bits & more_flag) && PyDict_DelItem(handlers, user_data) < 0) {
+            Py_DECREF(handler);
+            goto fail;
+        }
+        PyObject *call_args[2] = {res, flags};
+        PyObject *result = PyObject_Vectorcall(handler, call_args, 2, NULL);
+        if (result != NULL) {
+            Py_DECREF(result);
+            Py_DECREF(handler);
+            continue;
+        }
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        if (traceback != NULL && value != NULL)
+            PyException_SetTraceback(value, traceback);
+        Py_XDECREF(type);
+        Py_XDECREF(traceback);
+        if (value != NULL && (PyErr_GivenExceptionMatches(value, PyExc_SystemExit)
+                              || PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt))) {
+            Py_XSETREF(pending_exit, value);
+        } else if (value != NULL) {
+            PyObject *report_args[2] = {value, handler};
+            PyObject *reported = PyObject_Vectorcall(on_error, report_args, 2, NULL);
+            Py_DECREF(value);
+            if (reported == NULL) {
+                Py_DECREF(handler);
+                goto fail;
+            }
+            Py_DECREF(reported);
+        }
+        Py_DECREF(handler);
+    }
+    Py_DECREF(batch);
+    if (pending_exit != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(pending_exit), pending_exit);
+        Py_DECREF(pending_exit);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(batch);
+    Py_XDECREF(pending_exit);
+    return NULL;
+}
+
+static PyObject *
+hotpath_set_handle_class(PyObject *module, PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &HandleBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "set_handle_class() needs a subclass of HandleBase");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(handle_class, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"dispatch", (PyCFunction)(void (*)(void))hotpath_dispatch, METH_FASTCALL,
+     "dispatch(batch, handlers, more_flag, on_error): hand each CQE to its handler."},
+    {"set_handle_class", (PyCFunction)hotpath_set_handle_class, METH_O,
+     "Set the HandleBase subclass that call_soon creates."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef hotpath_module = {
+    PyModuleDef_HEAD_INIT, "aiouring._hotpath",
+    "The loop's per-callback and per-completion paths in C.", -1, module_methods,
+};
+
+#define INTERN(var, text) \
+    do { if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL; } while (0)
+
+PyMODINIT_FUNC
+PyInit__hotpath(void)
+{
+    INTERN(str_append, "append");
+    INTERN(str_popleft, "popleft");
+    INTERN(str_cancelled, "_cancelled");
+    INTERN(str_run, "_run");
+    INTERN(str_callback_failed, "_callback_failed");
+    INTERN(str_call_soon_debug, "_call_soon_debug");
+    INTERN(str_context, "context");
+    if (PyType_Ready(&HandleBase_Type) < 0 || PyType_Ready(&LoopCore_Type) < 0)
+        return NULL;
+    handle_class = (PyTypeObject *)Py_NewRef(&HandleBase_Type);
+    PyObject *module = PyModule_Create(&hotpath_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "HandleBase", (PyObject *)&HandleBase_Type) < 0
+            || PyModule_AddObjectRef(module, "LoopCore", (PyObject *)&LoopCore_Type) < 0
+            || PyModule_AddIntConstant(module, "ABI", HOTPATH_ABI) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,234 @@
+"""The scheduler's C paths (aiouring._hotpath): call_soon, the handle it
+returns, the callback loop of the run-once step and the CQE walk.
+
+Every behaviour test runs on both loops: asyncio's Python Handle and
+_run_once are the specification the C code must match, to the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import weakref
+
+import pytest
+
+from aiouring.ring import Ring, uapi
+from tests.support import loop, loop_kind, run  # noqa: F401  (fixtures)
+
+
+def cb():
+    pass
+
+
+def test_handle_attributes_match_asyncio(loop):
+    ctx = contextvars.copy_context()
+    handle = loop.call_soon(cb, 1, "two", context=ctx)
+    assert handle._callback is cb
+    assert handle._args == (1, "two")
+    assert handle._loop is loop
+    assert handle._context is ctx
+    assert handle.get_context() is ctx if hasattr(asyncio.Handle, "get_context") else True
+    assert handle._cancelled is False and handle.cancelled() is False
+    assert handle._source_traceback is None
+    assert repr(handle).startswith("<Handle cb(1, 'two') at ")
+    handle.cancel()
+    assert handle.cancelled() is True
+    assert handle._callback is None and handle._args is None
+    assert repr(handle) == "<Handle cancelled>"
+    run(loop, asyncio.sleep(0))
+
+
+def test_handle_without_context_copies_the_current_one(loop):
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    async def main():
+        var.set("in task")
+        loop.call_soon(lambda: seen.append(var.get()))
+        var.set("changed after scheduling")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    run(loop, main())
+    assert seen == ["in task"]
+
+
+def test_handles_can_be_weakly_referenced_and_are_collected(loop):
+    class Payload:
+        pass
+
+    payload = Payload()
+    handle = loop.call_soon(lambda *args: None, payload)
+    ref = weakref.ref(handle)
+    payload.handle = handle          # a cycle through the handle's args
+    run(loop, asyncio.sleep(0))
+    del handle, payload
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_callback_that_cancels_its_own_handle_and_a_later_one(loop):
+    ran = []
+    handles = {}
+
+    def first():
+        ran.append("first")
+        handles["first"].cancel()    # drops its own callback while it runs
+        handles["second"].cancel()
+
+    handles["first"] = loop.call_soon(first)
+    handles["second"] = loop.call_soon(ran.append, "second")
+    loop.call_soon(ran.append, "third")
+    run(loop, asyncio.sleep(0.01))
+    assert ran == ["first", "third"]
+
+
+def test_call_soon_argument_errors_match_asyncio(loop):
+    with pytest.raises(TypeError):
+        loop.call_soon()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'when'"):
+        loop.call_soon(cb, when=1)
+    with pytest.raises(TypeError):
+        loop.call_soon(cb, context=None, when=1)
+
+
+def test_call_soon_on_a_closed_loop(loop):
+    loop.close()
+    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+        loop.call_soon(cb)
+
+
+@pytest.mark.loop_errors_ok
+def test_failing_callback_reaches_the_exception_handler_as_in_asyncio(loop):
+    reports = []
+    loop.set_exception_handler(lambda _loop, context: reports.append(context))
+
+    def boom(x):
+        raise ZeroDivisionError(x)
+
+    handle = loop.call_soon(boom, 7)
+    after = []
+    loop.call_soon(after.append, "still runs")
+    run(loop, asyncio.sleep(0.01))
+    assert after == ["still runs"]
+    [report] = reports
+    assert set(report) == {"message", "exception", "handle"}
+    assert report["message"].startswith("Exception in callback ")
+    assert report["message"].split(" at ")[0] == "Exception in callback test_failing_callback_reaches_the_exception_handler_as_in_asyncio.<locals>.boom(7)"
+    assert isinstance(report["exception"], ZeroDivisionError)
+    assert report["exception"].__traceback__ is not None
+    assert report["handle"] is handle
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_interrupt_leaves_the_rest_of_the_ready_queue_for_the_next_run(loop, exc_type):
+    ran = []
+
+    def interrupt():
+        raise exc_type()
+
+    loop.call_soon(ran.append, 1)
+    loop.call_soon(interrupt)
+    loop.call_soon(ran.append, 2)
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert ran == [1]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == [1, 2]
+
+
+def test_debug_mode_switched_on_at_run_time(loop):
+    handle = loop.call_soon(cb)
+    assert handle._source_traceback is None
+    loop.set_debug(True)
+    try:
+        debug_handle = loop.call_soon(cb)   # this line must end its traceback
+        assert debug_handle._source_traceback[-1].name == "test_debug_mode_switched_on_at_run_time"
+        with pytest.raises(TypeError, match="a callable object was expected by call_soon"):
+            loop.call_soon(42)
+        loop.set_debug(0)                    # any false value, not only False
+        assert loop.call_soon(cb)._source_traceback is None
+        loop.set_debug(1)
+        assert loop.call_soon(cb)._source_traceback is not None
+    finally:
+        loop.set_debug(False)
+    run(loop, asyncio.sleep(0))
+
+
+def test_timer_and_reader_handles_share_the_ready_queue(loop):
+    order = []
+
+    async def main():
+        loop.call_later(0, order.append, "timer")
+        await asyncio.sleep(0.01)
+        loop.call_soon(order.append, "soon")
+        loop.call_later(0, order.append, "timer2").cancel()
+        await asyncio.sleep(0.01)
+
+    run(loop, main())
+    assert order == ["timer", "soon"]
+
+
+def test_tasks_and_futures_run_on_the_c_handles(loop):
+    async def worker(n):
+        total = 0
+        for i in range(n):
+            await asyncio.sleep(0)
+            total += i
+        return total
+
+    async def main():
+        return await asyncio.gather(*(worker(100) for _ in range(50)))
+
+    assert run(loop, main()) == [4950] * 50
+
+
+def test_handle_is_not_constructible_directly(loop_kind):
+    if loop_kind != "aiouring":
+        pytest.skip("aiouring's handle class")
+    from aiouring._scheduler import Handle
+    with pytest.raises(TypeError):
+        Handle(cb, (), None, None)
+
+
+@pytest.mark.loop_errors_ok
+def test_a_failing_completion_handler_is_reported_and_the_batch_goes_on(loop_kind):
+    if loop_kind != "aiouring":
+        pytest.skip("the CQE walk is aiouring's")
+    import aiouring
+    lp = aiouring.Loop()
+    reports = []
+    lp.set_exception_handler(lambda _loop, context: reports.append(context))
+    delivered = []
+
+    def failing(res, flags):
+        raise ValueError("handler bug")
+
+    def fine(res, flags):
+        delivered.append(res)
+
+    try:
+        ops, ring = lp._ops, lp._ring
+        for handler in (failing, fine, failing, fine):
+            ring.prep(uapi.IORING_OP_NOP, -1, Ring.null, 0, 0, 0, ops.register(handler))
+        lp.run_until_complete(asyncio.sleep(0.01))
+        assert delivered == [0, 0]
+        assert [type(r["exception"]) for r in reports] == [ValueError, ValueError]
+        assert all(r["handler"] is failing for r in reports)
+        # One-shot completions leave the table.
+        assert failing not in ops.handlers.values() and fine not in ops.handlers.values()
+
+        def interrupt(res, flags):
+            raise KeyboardInterrupt
+
+        ring.prep(uapi.IORING_OP_NOP, -1, Ring.null, 0, 0, 0, ops.register(interrupt))
+        ring.prep(uapi.IORING_OP_NOP, -1, Ring.null, 0, 0, 0, ops.register(fine))
+        lp.call_later(1.0, lp.stop)     # only if the interrupt got lost
+        with pytest.raises(KeyboardInterrupt):
+            lp.run_forever()
+        assert delivered == [0, 0, 0]    # the walk finished before re-raising
+    finally:
+        lp.close()
