@@ -718,6 +718,14 @@ class BufferRing:
         self._check_access(bid, length)
         return ffi.unpack(self._base + bid * self.buffer_size, length)
 
+    def native_take(self) -> "tuple[int, int]":
+        """``(address of aiou_pbuf_take, address of this ring's state)`` for
+        :class:`aiouring._hotpath.BufferTaker`, which copies a receive out
+        and recycles its buffer in one C call. The taker keeps this object
+        alive; the C function refuses a closed ring or a bad bid."""
+        take = ffi.cast("uintptr_t", ffi.addressof(lib, "aiou_pbuf_take"))
+        return int(take), int(ffi.cast("uintptr_t", self._pb))
+
     def view(self, bid: int, length: int):
         """A buffer object over buffer ``bid`` (valid only until it is recycled)."""
         self._check_access(bid, length)

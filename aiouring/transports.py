@@ -66,6 +66,7 @@ from asyncio import base_events, constants, futures, protocols, sslproto, transp
 from asyncio.log import logger
 from typing import Optional
 
+from ._hotpath import BufferTaker, send_nowait as _send_nowait
 from .ring import Ring, error_from_result, uapi
 
 __all__ = ["RingTransportsMixin", "RingSocketTransport"]
@@ -129,13 +130,15 @@ class _RecvBuffers:
     ``unpack``), and ``recycle``. Receives only complete while the loop (and
     so the ring) is open, so the pointers never outlive the buffers."""
 
-    __slots__ = ("ring", "pointers", "recycle", "group_id")
+    __slots__ = ("ring", "pointers", "recycle", "take", "group_id")
 
     def __init__(self, buffer_ring) -> None:
         self.ring = buffer_ring
         size = buffer_ring.buffer_size
         self.pointers = [_pointer(buffer_ring.view(bid, size)) for bid in range(buffer_ring.entries)]
         self.recycle = buffer_ring.recycle
+        # take(bid, n) -> bytes: copy out and recycle in one C call (the hot path).
+        self.take = BufferTaker(buffer_ring).take
         self.group_id = buffer_ring.group_id
 
 
@@ -162,12 +165,12 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._extra["peername"] = None
         self._sock = sock
         self._sock_fd = sock.fileno()
-        self._send = sock.send
         self._ops = loop._ops
         self._register = loop._ops.register
         self._prep = loop._prep
         self._ptrs = buffers.pointers
         self._recycle = buffers.recycle
+        self._take = buffers.take
         self._group = buffers.group_id
 
         self._protocol_connected = False
@@ -301,8 +304,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                         self._hold(rest)
                     return
                 # The hot path: copy out, give the buffer back, deliver.
-                data = _unpack(self._ptrs[bid], res)
-                self._recycle(bid)
+                data = self._take(bid, res)
                 try:
                     self._protocol.data_received(data)
                 except (SystemExit, KeyboardInterrupt):
@@ -507,7 +509,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         if self._sending is None:
             try:
-                n = self._send(data)
+                n = _send_nowait(self._sock, data)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except (SystemExit, KeyboardInterrupt):

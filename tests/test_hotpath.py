@@ -232,3 +232,61 @@ def test_a_failing_completion_handler_is_reported_and_the_batch_goes_on(loop_kin
         assert delivered == [0, 0, 0]    # the walk finished before re-raising
     finally:
         lp.close()
+
+
+# ---- BufferTaker and send_nowait: the stream transports' per-chunk calls ----
+
+def test_buffer_taker_copies_out_and_recycles():
+    from aiouring._hotpath import BufferTaker
+    from aiouring.errors import RingClosedError
+    with Ring(sq_entries=8) as ring:
+        buffers = ring.buffer_ring(7, 4, 4096)
+        take = BufferTaker(buffers).take
+        buffers.view(2, 5)[:] = b"hello"
+        buffers.view(3, 4096)[:] = b"z" * 4096
+        assert take(2, 5) == b"hello"
+        assert take(3, 4096) == b"z" * 4096
+        assert take(2, 0) == b""
+        with pytest.raises(ValueError):
+            take(4, 1)               # no such buffer
+        with pytest.raises(ValueError):
+            take(0, 4097)            # longer than a buffer
+        with pytest.raises(ValueError):
+            take(-1, 1)
+        with pytest.raises(TypeError):
+            take(0)
+        buffers.close()
+        with pytest.raises(RingClosedError):
+            take(0, 1)               # the memory is gone: refused, not read
+
+
+def test_send_nowait_counts_stops_when_full_and_raises_like_socket_send():
+    import errno
+    import socket
+    from aiouring._hotpath import send_nowait
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        assert send_nowait(a, b"abc") == 3
+        assert send_nowait(a, bytearray(b"de")) == 2
+        assert send_nowait(a, memoryview(b"xfgx")[1:3]) == 2
+        assert b.recv(100) == b"abcdefg"
+        chunk = b"x" * 65536
+        sent = 0
+        while True:
+            n = send_nowait(a, chunk)
+            if n == 0:
+                break                 # full: 0, not BlockingIOError
+            sent += n
+        assert sent > 0
+        with pytest.raises(TypeError):
+            send_nowait(a, "text")
+        b.close()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):   # and no SIGPIPE
+            send_nowait(a, b"after the peer closed")
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(OSError) as info:
+        send_nowait(a, b"closed")    # fileno() is -1: never a reused fd
+    assert info.value.errno == errno.EBADF

@@ -14,6 +14,9 @@
  *                   _debug in C slots, with call_soon (non-debug) and
  *                   _run_ready (the run-once step's callback loop).
  *   dispatch()      the CQE walk: user_data -> handler(res, flags).
+ *   BufferTaker     a received chunk out of the provided-buffer ring as bytes,
+ *                   the buffer recycled, in one call.
+ *   send_nowait()   a transport's direct write: one non-blocking send(2).
  *
  * Debug mode, error reports and repr stay in Python: they are not hot, and
  * asyncio's code for them is the specification.
@@ -22,12 +25,17 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <errno.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
 /* Bumped when the Python side starts relying on something new here, so a
  * stale build in an editable install fails at import with a clear message. */
-#define HOTPATH_ABI 1
+#define HOTPATH_ABI 2
 
 static PyObject *str_append, *str_popleft, *str_cancelled, *str_run,
-                *str_callback_failed, *str_call_soon_debug, *str_context;
+                *str_callback_failed, *str_call_soon_debug, *str_context, *str_check_access,
+                *str_fileno;
 
 /* The class call_soon instantiates: aiouring._scheduler.Handle, a Python
  * subclass of HandleBase; set once by set_handle_class(). */
@@ -474,6 +482,150 @@ fail:
     return NULL;
 }
 
+/* ---- receive buffers and direct sends ------------------------------------- */
+
+/* aiou_pbuf_take in aiouring._ring (see ring_shim.c), reached through the
+ * address aiouring.ring.BufferRing.native_take() hands out: the two
+ * extensions are built separately and only ring.py may touch _ring. */
+typedef int (*pbuf_take_fn)(void *pbuf, uint16_t bid, unsigned len, char *dst);
+
+typedef struct {
+    PyObject_HEAD
+    pbuf_take_fn take;
+    void *pbuf;
+    PyObject *owner;     /* the BufferRing: keeps the C state alive, explains refusals */
+} BufferTakerObject;
+
+static PyObject *
+taker_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *owner;
+    if (!PyArg_ParseTuple(args, "O:BufferTaker", &owner))
+        return NULL;
+    PyObject *addresses = PyObject_CallMethod(owner, "native_take", NULL);
+    if (addresses == NULL)
+        return NULL;
+    unsigned long long take_address, pbuf_address;
+    int ok = PyArg_ParseTuple(addresses, "KK:native_take", &take_address, &pbuf_address);
+    Py_DECREF(addresses);
+    if (!ok)
+        return NULL;
+    BufferTakerObject *self = (BufferTakerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->take = (pbuf_take_fn)(uintptr_t)take_address;
+    self->pbuf = (void *)(uintptr_t)pbuf_address;
+    self->owner = Py_NewRef(owner);
+    return (PyObject *)self;
+}
+
+static void
+taker_dealloc(BufferTakerObject *self)
+{
+    Py_CLEAR(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* take(bid, length) -> bytes: the chunk a receive CQE names, copied out,
+ * its buffer handed back to the kernel. */
+static PyObject *
+taker_take(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take(bid, length)");
+        return NULL;
+    }
+    long bid = PyLong_AsLong(args[0]);
+    long length = PyLong_AsLong(args[1]);
+    if ((bid == -1 || length == -1) && PyErr_Occurred())
+        return NULL;
+    if (bid < 0 || bid > UINT16_MAX || length < 0 || length > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "no buffer %ld of length %ld", bid, length);
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, length);
+    if (data == NULL)
+        return NULL;
+    if (self->take(self->pbuf, (uint16_t)bid, (unsigned)length, PyBytes_AS_STRING(data)) == 0)
+        return data;
+    Py_DECREF(data);
+    /* The ring's own checks name what was wrong (closed ring, bad bid). */
+    PyObject *checked = PyObject_CallMethodObjArgs(self->owner, str_check_access, args[0], args[1], NULL);
+    if (checked == NULL)
+        return NULL;
+    Py_DECREF(checked);
+    PyErr_SetString(PyExc_RuntimeError, "aiouring internal error: buffer recycle refused; please report");
+    return NULL;
+}
+
+static PyMethodDef taker_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))taker_take, METH_FASTCALL,
+     "take(bid, length) -> bytes: copy a received chunk out and recycle its buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BufferTaker_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiouring._hotpath.BufferTaker",
+    .tp_basicsize = sizeof(BufferTakerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BufferTaker(buffer_ring): receive chunks out of a provided-buffer ring.",
+    .tp_dealloc = (destructor)taker_dealloc,
+    .tp_methods = taker_methods,
+    .tp_new = taker_new,
+};
+
+/* send_nowait(sock, data) -> int: one send(2) that never blocks and never
+ * raises SIGPIPE. Returns the count sent, 0 when the socket buffer is full;
+ * other errors raise the OSError subclass socket.send would. The fd is read
+ * from the socket each time, so a closed socket gives EBADF, never a
+ * reused fd. */
+static PyObject *
+hotpath_send_nowait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send_nowait(sock, data)");
+        return NULL;
+    }
+    PyObject *fileno = PyObject_CallMethodNoArgs(args[0], str_fileno);
+    if (fileno == NULL)
+        return NULL;
+    long fd = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT32_MAX) {
+        errno = EBADF;     /* a closed socket, as socket.send reports it */
+        PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    ssize_t sent;
+    for (;;) {
+        sent = send((int)fd, view.buf, (size_t)view.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (sent >= 0)
+            break;
+        if (errno == EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                goto fail;
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            sent = 0;
+            break;
+        }
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(sent);
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyObject *
 hotpath_set_handle_class(PyObject *module, PyObject *cls)
 {
@@ -489,6 +641,8 @@ hotpath_set_handle_class(PyObject *module, PyObject *cls)
 static PyMethodDef module_methods[] = {
     {"dispatch", (PyCFunction)(void (*)(void))hotpath_dispatch, METH_FASTCALL,
      "dispatch(batch, handlers, more_flag, on_error): hand each CQE to its handler."},
+    {"send_nowait", (PyCFunction)(void (*)(void))hotpath_send_nowait, METH_FASTCALL,
+     "send_nowait(sock, data) -> int: one non-blocking send(2); 0 when the socket is full."},
     {"set_handle_class", (PyCFunction)hotpath_set_handle_class, METH_O,
      "Set the HandleBase subclass that call_soon creates."},
     {NULL, NULL, 0, NULL},
@@ -512,7 +666,10 @@ PyInit__hotpath(void)
     INTERN(str_callback_failed, "_callback_failed");
     INTERN(str_call_soon_debug, "_call_soon_debug");
     INTERN(str_context, "context");
-    if (PyType_Ready(&HandleBase_Type) < 0 || PyType_Ready(&LoopCore_Type) < 0)
+    INTERN(str_check_access, "_check_access");
+    INTERN(str_fileno, "fileno");
+    if (PyType_Ready(&HandleBase_Type) < 0 || PyType_Ready(&LoopCore_Type) < 0
+            || PyType_Ready(&BufferTaker_Type) < 0)
         return NULL;
     handle_class = (PyTypeObject *)Py_NewRef(&HandleBase_Type);
     PyObject *module = PyModule_Create(&hotpath_module);
@@ -520,6 +677,7 @@ PyInit__hotpath(void)
         return NULL;
     if (PyModule_AddObjectRef(module, "HandleBase", (PyObject *)&HandleBase_Type) < 0
             || PyModule_AddObjectRef(module, "LoopCore", (PyObject *)&LoopCore_Type) < 0
+            || PyModule_AddObjectRef(module, "BufferTaker", (PyObject *)&BufferTaker_Type) < 0
             || PyModule_AddIntConstant(module, "ABI", HOTPATH_ABI) < 0) {
         Py_DECREF(module);
         return NULL;
