@@ -66,7 +66,7 @@ from asyncio import base_events, constants, futures, protocols, sslproto, transp
 from asyncio.log import logger
 from typing import Optional
 
-from ._hotpath import BufferTaker, send_nowait as _send_nowait
+from ._hotpath import BufferTaker, copy_into as _copy_bytes_into, send_nowait as _send_nowait
 from .ring import Ring, error_from_result, uapi
 
 __all__ = ["RingTransportsMixin", "RingSocketTransport"]
@@ -107,7 +107,6 @@ _ACCEPT_TRANSIENT = (-errno.ECONNABORTED, -errno.EINTR, -errno.EAGAIN)
 _EOF = object()   # a held end-of-file, delivered after the held data
 
 _unpack = Ring.unpack
-_cbuffer = Ring.cbuffer
 _pointer = Ring.pointer
 _BufferedProtocol = protocols.BufferedProtocol
 _null = Ring.null
@@ -130,7 +129,7 @@ class _RecvBuffers:
     ``unpack``), and ``recycle``. Receives only complete while the loop (and
     so the ring) is open, so the pointers never outlive the buffers."""
 
-    __slots__ = ("ring", "pointers", "recycle", "take", "group_id")
+    __slots__ = ("ring", "pointers", "recycle", "take", "copy_into", "group_id")
 
     def __init__(self, buffer_ring) -> None:
         self.ring = buffer_ring
@@ -138,7 +137,9 @@ class _RecvBuffers:
         self.pointers = [_pointer(buffer_ring.view(bid, size)) for bid in range(buffer_ring.entries)]
         self.recycle = buffer_ring.recycle
         # take(bid, n) -> bytes: copy out and recycle in one C call (the hot path).
-        self.take = BufferTaker(buffer_ring).take
+        taker = BufferTaker(buffer_ring)
+        self.take = taker.take
+        self.copy_into = taker.copy_into
         self.group_id = buffer_ring.group_id
 
 
@@ -171,6 +172,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._ptrs = buffers.pointers
         self._recycle = buffers.recycle
         self._take = buffers.take
+        self._copy_into = buffers.copy_into
         self._group = buffers.group_id
 
         self._protocol_connected = False
@@ -296,8 +298,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 if self._buffered:
                     # Straight from the ring buffer into the protocol's.
                     try:
-                        with memoryview(_cbuffer(self._ptrs[bid], res)) as src:
-                            rest = self._feed_buffered(src)
+                        rest = self._feed_buffered(res, bid)
                     finally:
                         self._recycle(bid)
                     if rest is not None:
@@ -356,8 +357,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 # deliveries run after all of them, also as in asyncio.
                 self._hold(_unpack(self._ptrs[bid], res))
             elif self._buffered:
-                with memoryview(_cbuffer(self._ptrs[bid], res)) as src:
-                    rest = self._feed_buffered(src)
+                rest = self._feed_buffered(res, bid)
                 if rest is not None:
                     self._hold(rest)
             else:
@@ -373,42 +373,33 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         if not self._recv_ud:
             self._arm_recv()
 
-    def _feed_buffered(self, src) -> Optional[bytes]:
-        """Copy ``src`` into the protocol's buffers, as many rounds as it
-        takes. If the protocol pauses in between, return the rest as bytes
-        (``src`` may be a ring buffer about to be recycled) for the caller to
-        hold in its place in the queue."""
+    def _feed_buffered(self, total: int, bid: int = 0, held: Optional[bytes] = None) -> Optional[bytes]:
+        """Copy ``total`` bytes (ring buffer ``bid``, or ``held`` bytes) into
+        the protocol's buffers, as many rounds as it takes. If the protocol
+        pauses in between, return the rest as bytes (a ring buffer is about
+        to be recycled) for the caller to hold in its place in the queue."""
         protocol = self._protocol
-        total = len(src)
         offset = 0
         while offset < total:
             try:
                 buf = protocol.get_buffer(-1)
                 if not len(buf):
                     raise RuntimeError("get_buffer() returned an empty buffer")
-                dst = memoryview(buf)
-                if dst.format != "B":
-                    dst = dst.cast("B")
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return None
-            n = total - offset
-            if n > len(dst):
-                n = len(dst)
             try:
-                if offset == 0 and n == total:
-                    dst[:n] = src
+                # One C copy; no export of the protocol's buffer outlives it
+                # (it may resize that bytearray in buffer_updated()).
+                if held is None:
+                    n = self._copy_into(bid, offset, total - offset, buf)
                 else:
-                    dst[:n] = src[offset:offset + n]
+                    n = _copy_bytes_into(held, offset, total - offset, buf)
             except (TypeError, ValueError) as exc:   # e.g. a read-only buffer, as recv_into() says
                 self._fatal_error(exc, "Fatal read error on socket transport")
                 return None
-            finally:
-                # No export of the protocol's buffer may outlive the copy: it
-                # may resize that bytearray in buffer_updated().
-                dst.release()
             offset += n
             try:
                 protocol.buffer_updated(n)
@@ -418,7 +409,9 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
                 return None
             if offset < total and (self._paused or self._closing):
-                return None if self._closing else bytes(src[offset:])
+                if self._closing:
+                    return None
+                return held[offset:] if held is not None else _unpack(self._ptrs[bid] + offset, total - offset)
         return None
 
     def _hold(self, data: bytes) -> None:
@@ -453,8 +446,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             if item.__class__ is bytes:
                 self._held_bytes -= len(item)
                 if self._buffered:
-                    with memoryview(item) as src:
-                        rest = self._feed_buffered(src)
+                    rest = self._feed_buffered(len(item), held=item)
                     if rest is not None:
                         held.appendleft(rest)    # first in line, ahead of what came later
                         self._held_bytes += len(rest)

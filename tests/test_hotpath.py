@@ -290,3 +290,35 @@ def test_send_nowait_counts_stops_when_full_and_raises_like_socket_send():
     with pytest.raises(OSError) as info:
         send_nowait(a, b"closed")    # fileno() is -1: never a reused fd
     assert info.value.errno == errno.EBADF
+
+
+def test_copy_into_fills_what_fits_and_refuses_read_only_buffers():
+    from aiouring._hotpath import BufferTaker, copy_into
+    dst = bytearray(4)
+    assert copy_into(b"abcdefgh", 2, 5, dst) == 4 and dst == b"cdef"
+    assert copy_into(b"abcdefgh", 6, 2, dst) == 2 and dst == b"ghef"
+    wide = memoryview(bytearray(8)).cast("I")          # any format: counted in bytes
+    assert copy_into(b"12345678", 0, 8, wide) == 8 and wide.tobytes() == b"12345678"
+    with pytest.raises(TypeError, match="read-only"):
+        copy_into(b"abc", 0, 3, b"xyz")
+    with pytest.raises(ValueError):
+        copy_into(b"abc", 2, 2, dst)
+    with pytest.raises(ValueError):
+        copy_into(b"abc", -1, 1, dst)
+    with Ring(sq_entries=8) as ring:
+        buffers = ring.buffer_ring(3, 2, 4096)
+        taker = BufferTaker(buffers)
+        buffers.view(1, 10)[:] = b"0123456789"
+        small = bytearray(3)
+        assert taker.copy_into(1, 4, 6, small) == 3 and small == b"456"
+        assert taker.copy_into(1, 7, 3, small) == 3 and small == b"789"
+        with pytest.raises(TypeError, match="read-only"):
+            taker.copy_into(1, 0, 3, b"abc")
+        with pytest.raises(ValueError):
+            taker.copy_into(1, 4095, 2, small)       # past the buffer's end
+        taker.recycle(1)
+        with pytest.raises(ValueError):
+            taker.recycle(2)
+        buffers.close()
+        with pytest.raises(RuntimeError):
+            taker.copy_into(1, 0, 3, small)

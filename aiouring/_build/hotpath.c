@@ -27,14 +27,15 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 
 /* Bumped when the Python side starts relying on something new here, so a
  * stale build in an editable install fails at import with a clear message. */
-#define HOTPATH_ABI 2
+#define HOTPATH_ABI 3
 
 static PyObject *str_append, *str_popleft, *str_cancelled, *str_run,
-                *str_callback_failed, *str_call_soon_debug, *str_context, *str_check_access,
+                *str_callback_failed, *str_call_soon_debug, *str_context,
                 *str_fileno;
 
 /* The class call_soon instantiates: aiouring._scheduler.Handle, a Python
@@ -487,7 +488,8 @@ fail:
 /* aiou_pbuf_take in aiouring._ring (see ring_shim.c), reached through the
  * address aiouring.ring.BufferRing.native_take() hands out: the two
  * extensions are built separately and only ring.py may touch _ring. */
-typedef int (*pbuf_take_fn)(void *pbuf, uint16_t bid, unsigned len, char *dst);
+typedef int (*pbuf_take_fn)(void *pbuf, uint16_t bid, unsigned offset, unsigned len,
+                            char *dst, int recycle);
 
 typedef struct {
     PyObject_HEAD
@@ -526,41 +528,148 @@ taker_dealloc(BufferTakerObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* A refused access: a bad bid or range is the caller's ValueError; for a
+ * closed ring the BufferRing's own check raises its error. */
+static PyObject *
+taker_refused(BufferTakerObject *self, int rc, long bid, long offset, long length)
+{
+    if (rc == -EINVAL) {
+        PyErr_Format(PyExc_ValueError, "bytes %ld..%ld of buffer %ld are not in this buffer ring",
+                     offset, offset + length, bid);
+        return NULL;
+    }
+    PyObject *checked = PyObject_CallMethod(self->owner, "_check_access", "ll", bid, 0L);
+    if (checked == NULL)
+        return NULL;
+    Py_DECREF(checked);
+    PyErr_Format(PyExc_RuntimeError, "aiouring internal error: buffer access refused (%d); please report", rc);
+    return NULL;
+}
+
+static int
+taker_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage, long *values)
+{
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < want; i++) {
+        values[i] = PyLong_AsLong(args[i]);
+        if (values[i] == -1 && PyErr_Occurred())
+            return -1;
+        if (values[i] < 0 || values[i] > INT32_MAX || (i == 0 && values[i] > UINT16_MAX)) {
+            PyErr_Format(PyExc_ValueError, "%s: argument %zd out of range: %ld", usage, i + 1, values[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* take(bid, length) -> bytes: the chunk a receive CQE names, copied out,
  * its buffer handed back to the kernel. */
 static PyObject *
 taker_take(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "take(bid, length)");
+    long v[2];
+    if (taker_args(args, nargs, 2, "take(bid, length)", v) < 0)
         return NULL;
-    }
-    long bid = PyLong_AsLong(args[0]);
-    long length = PyLong_AsLong(args[1]);
-    if ((bid == -1 || length == -1) && PyErr_Occurred())
-        return NULL;
-    if (bid < 0 || bid > UINT16_MAX || length < 0 || length > INT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "no buffer %ld of length %ld", bid, length);
-        return NULL;
-    }
-    PyObject *data = PyBytes_FromStringAndSize(NULL, length);
+    PyObject *data = PyBytes_FromStringAndSize(NULL, v[1]);
     if (data == NULL)
         return NULL;
-    if (self->take(self->pbuf, (uint16_t)bid, (unsigned)length, PyBytes_AS_STRING(data)) == 0)
+    int rc = self->take(self->pbuf, (uint16_t)v[0], 0, (unsigned)v[1], PyBytes_AS_STRING(data), 1);
+    if (rc == 0)
         return data;
     Py_DECREF(data);
-    /* The ring's own checks name what was wrong (closed ring, bad bid). */
-    PyObject *checked = PyObject_CallMethodObjArgs(self->owner, str_check_access, args[0], args[1], NULL);
-    if (checked == NULL)
+    return taker_refused(self, rc, v[0], 0, v[1]);
+}
+
+/* A protocol's buffer, writable; a read-only one is the TypeError that
+ * recv_into() raises for it. */
+static int
+get_writable(PyObject *dst, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(dst, view, PyBUF_WRITABLE) == 0)
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "get_buffer() returned a read-only %.100s", Py_TYPE(dst)->tp_name);
+    }
+    return -1;
+}
+
+/* copy_into(src, offset, length, dst) -> int: as much of src[offset:offset +
+ * length] as fits into the writable buffer dst; held data on its way into a
+ * BufferedProtocol. */
+static PyObject *
+hotpath_copy_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "copy_into(src, offset, length, dst)");
         return NULL;
-    Py_DECREF(checked);
-    PyErr_SetString(PyExc_RuntimeError, "aiouring internal error: buffer recycle refused; please report");
-    return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t length = PyLong_AsSsize_t(args[2]);
+    if ((offset == -1 || length == -1) && PyErr_Occurred())
+        return NULL;
+    Py_buffer src, dst;
+    if (PyObject_GetBuffer(args[0], &src, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (offset < 0 || length < 0 || offset > src.len || length > src.len - offset) {
+        PyBuffer_Release(&src);
+        PyErr_SetString(PyExc_ValueError, "copy_into(): offset and length must lie within src");
+        return NULL;
+    }
+    if (get_writable(args[3], &dst) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    Py_ssize_t n = length < dst.len ? length : dst.len;
+    memcpy(dst.buf, (char *)src.buf + offset, (size_t)n);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&src);
+    return PyLong_FromSsize_t(n);
+}
+
+/* copy_into(bid, offset, length, dst) -> int: as much of bytes
+ * [offset, offset + length) of buffer bid as fits into the writable buffer
+ * dst (a BufferedProtocol's), without recycling. No export of dst outlives
+ * the call: the protocol may resize it in buffer_updated(). */
+static PyObject *
+taker_copy_into(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long v[3];
+    if (taker_args(args, nargs - 1, 3, "copy_into(bid, offset, length, dst)", v) < 0)
+        return NULL;
+    Py_buffer view;
+    if (get_writable(args[3], &view) < 0)
+        return NULL;
+    long n = v[2] < view.len ? v[2] : (long)view.len;
+    int rc = self->take(self->pbuf, (uint16_t)v[0], (unsigned)v[1], (unsigned)n, view.buf, 0);
+    PyBuffer_Release(&view);
+    if (rc == 0)
+        return PyLong_FromLong(n);
+    return taker_refused(self, rc, v[0], v[1], n);
+}
+
+/* recycle(bid): hand buffer bid back to the kernel. */
+static PyObject *
+taker_recycle(BufferTakerObject *self, PyObject *bid)
+{
+    long v[1];
+    if (taker_args(&bid, 1, 1, "recycle(bid)", v) < 0)
+        return NULL;
+    int rc = self->take(self->pbuf, (uint16_t)v[0], 0, 0, NULL, 1);
+    if (rc == 0)
+        Py_RETURN_NONE;
+    return taker_refused(self, rc, v[0], 0, 0);
 }
 
 static PyMethodDef taker_methods[] = {
     {"take", (PyCFunction)(void (*)(void))taker_take, METH_FASTCALL,
      "take(bid, length) -> bytes: copy a received chunk out and recycle its buffer."},
+    {"copy_into", (PyCFunction)(void (*)(void))taker_copy_into, METH_FASTCALL,
+     "copy_into(bid, offset, length, dst) -> int: copy part of a buffer into dst."},
+    {"recycle", (PyCFunction)taker_recycle, METH_O, "recycle(bid): give the buffer back."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -641,6 +750,8 @@ hotpath_set_handle_class(PyObject *module, PyObject *cls)
 static PyMethodDef module_methods[] = {
     {"dispatch", (PyCFunction)(void (*)(void))hotpath_dispatch, METH_FASTCALL,
      "dispatch(batch, handlers, more_flag, on_error): hand each CQE to its handler."},
+    {"copy_into", (PyCFunction)(void (*)(void))hotpath_copy_into, METH_FASTCALL,
+     "copy_into(src, offset, length, dst) -> int: copy part of src into a writable buffer."},
     {"send_nowait", (PyCFunction)(void (*)(void))hotpath_send_nowait, METH_FASTCALL,
      "send_nowait(sock, data) -> int: one non-blocking send(2); 0 when the socket is full."},
     {"set_handle_class", (PyCFunction)hotpath_set_handle_class, METH_O,
@@ -666,7 +777,6 @@ PyInit__hotpath(void)
     INTERN(str_callback_failed, "_callback_failed");
     INTERN(str_call_soon_debug, "_call_soon_debug");
     INTERN(str_context, "context");
-    INTERN(str_check_access, "_check_access");
     INTERN(str_fileno, "fileno");
     if (PyType_Ready(&HandleBase_Type) < 0 || PyType_Ready(&LoopCore_Type) < 0
             || PyType_Ready(&BufferTaker_Type) < 0)

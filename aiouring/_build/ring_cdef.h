@@ -204,7 +204,8 @@ int aiou_unregister_buffers(struct aiou_ring *r);
 int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid,
                     unsigned entries, unsigned buf_size);
 int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid);
-int aiou_pbuf_take(struct aiou_pbuf *pb, uint16_t bid, unsigned len, char *dst);
+int aiou_pbuf_take(struct aiou_pbuf *pb, uint16_t bid, unsigned offset, unsigned len,
+                   char *dst, int recycle);
 int aiou_pbuf_free(struct aiou_ring *r, struct aiou_pbuf *pb);
 void aiou_pbuf_forget(struct aiou_pbuf *pb);
 

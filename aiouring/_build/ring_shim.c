@@ -870,17 +870,18 @@ int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid)
     return 0;
 }
 
-/* The receive path's two steps in one call: copy `len` bytes out of buffer
- * `bid` into `dst`, then give the buffer back. aiouring._hotpath calls it
- * through a function pointer, once per received chunk. */
-int aiou_pbuf_take(struct aiou_pbuf *pb, uint16_t bid, unsigned len, char *dst)
+/* The receive path in one call: copy bytes [offset, offset + len) of buffer
+ * `bid` into `dst`, then (if `recycle`) give the buffer back.
+ * aiouring._hotpath calls it through a function pointer, once per chunk. */
+int aiou_pbuf_take(struct aiou_pbuf *pb, uint16_t bid, unsigned offset, unsigned len,
+                   char *dst, int recycle)
 {
     if (!pb->ring)
         return -EBADF;
-    if (bid >= pb->entries || len > pb->buf_size)
+    if (bid >= pb->entries || offset > pb->buf_size || len > pb->buf_size - offset)
         return -EINVAL;
-    memcpy(dst, pb->base + (size_t)bid * pb->buf_size, len);
-    return aiou_pbuf_recycle(pb, bid);
+    memcpy(dst, pb->base + (size_t)bid * pb->buf_size + offset, len);
+    return recycle ? aiou_pbuf_recycle(pb, bid) : 0;
 }
 
 int aiou_pbuf_free(struct aiou_ring *r, struct aiou_pbuf *pb)
