@@ -25,7 +25,7 @@ __all__ = ["Handle", "RunOnceMixin"]
 
 # The Python side relies on this version of the C module; a stale build of an
 # editable install fails here instead of misbehaving.
-_HOTPATH_ABI = 2
+_HOTPATH_ABI = 3
 if getattr(_hotpath, "ABI", None) != _HOTPATH_ABI:
     raise ImportError(f"aiouring._hotpath is a stale build (ABI {getattr(_hotpath, 'ABI', None)}, "
                       f"need {_HOTPATH_ABI}); reinstall aiouring (pip install -e .) to rebuild it")
