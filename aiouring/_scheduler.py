@@ -82,6 +82,20 @@ class RunOnceMixin(_hotpath.LoopCore):
             del handle._source_traceback[-1]
         return handle
 
+    def _dispatch_io(self, batch: list) -> None:
+        selector = self._selector
+        selector._ready = fd_events = []
+        selector.dispatch(batch)
+        if fd_events:
+            self._process_events(fd_events)
+
+    def _dispatch_deferred(self) -> None:
+        # Every batch still waiting, oldest first: an interrupt may have left
+        # an earlier one behind (its own handle then finds nothing to do).
+        pending = self._undispatched
+        while pending:
+            self._dispatch_io(pending.popleft())
+
     def _run_once(self):
         scheduled = self._scheduled
         sched_count = len(scheduled)
@@ -116,19 +130,20 @@ class RunOnceMixin(_hotpath.LoopCore):
             timeout = None
 
         selector = self._selector
-        # Completions that call protocols directly from the CQE walk (stream
-        # transports) must not overtake callbacks that were ready before this
-        # poll; they look here and queue behind them when there are any.
-        self._callbacks_before_io = len(ready)
         if selector.from_other_threads:   # add_reader & co. from other threads
             selector.take_requests_from_other_threads()
         batch = selector._ring.submit_and_reap(timeout)
         if batch:
-            selector._ready = fd_events = []
-            selector.dispatch(batch)
-            if fd_events:
-                self._process_events(fd_events)
-            fd_events = batch = None   # break cycles if a callback raised
+            if ready:
+                # Completions call protocols directly, and must not overtake
+                # the callbacks that were ready before this poll (asyncio runs
+                # its I/O handles after them): they follow them in the ready
+                # queue, as one handle, ahead of the due timers.
+                self._undispatched.append(batch)
+                self.call_soon(self._dispatch_deferred)
+            else:
+                self._dispatch_io(batch)
+            batch = None   # break cycles if a callback raised
 
         if scheduled:
             end_time = self.time() + self._clock_resolution

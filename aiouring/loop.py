@@ -29,6 +29,7 @@ cancelled accept that still produced a connection closes that fd.
 from __future__ import annotations
 
 import asyncio
+import collections
 import operator
 import os
 import socket
@@ -195,6 +196,9 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
         # Sockets with cancelled receives still in flight ->
         # [how many, future set when the last of them lands].
         self._late_reads: "weakref.WeakKeyDictionary[socket.socket, list]" = weakref.WeakKeyDictionary()
+        # CQE batches whose dispatch waits behind callbacks that were ready
+        # before their poll (see _scheduler); close() delivers what is left.
+        self._undispatched: collections.deque = collections.deque()
         super().__init__(selector)
         selector.on_handler_error = self._on_handler_error
         selector.wake_owner = self._write_to_self
@@ -233,6 +237,10 @@ class Loop(SocketOpsMixin, RunOnceMixin, RingTransportsMixin, ChildProcessMixin,
         # Let the kernel answer for every operation while futures can still be
         # resolved; BaseEventLoop.close() below forbids scheduling callbacks.
         selector = self._selector
+        if self._undispatched and not self._ring.closed:
+            # Completions an interrupt left undelivered: their ops are done in
+            # the kernel, so drain() would wait for them in vain.
+            self._dispatch_deferred()
         if selector is not None and not self._ring.closed:
             try:
                 selector.drain()

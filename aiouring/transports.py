@@ -294,7 +294,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         if res > 0:
             bid = flags >> _BUFFER_SHIFT
             if (flags & _F_MORE
-                    and not (self._closing or self._paused or self._held or self._loop._callbacks_before_io)):
+                    and not (self._closing or self._paused or self._held)):
                 if self._buffered:
                     # Straight from the ring buffer into the protocol's.
                     try:
@@ -323,7 +323,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         if res == 0:
             self._read_done = True
-            if self._paused or self._held or self._loop._callbacks_before_io:
+            if self._paused or self._held:
                 self._hold_event(_EOF)
             else:
                 self._on_eof()
@@ -337,7 +337,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         else:
             self._read_done = True
             exc = error_from_result(res)
-            if self._paused or self._held or self._loop._callbacks_before_io:
+            if self._paused or self._held:
                 self._hold_event(exc)
             else:
                 self._fatal_error(exc, "Fatal read error on socket transport")
@@ -349,12 +349,8 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         try:
             if self._closing:
                 return     # nobody reads after close(), as in asyncio
-            if self._paused or self._held or self._loop._callbacks_before_io:
-                # Callbacks that were ready before this iteration's poll run
-                # before its I/O, as in asyncio (a create_connection() caller
-                # resumes before the first data_received): hold the data
-                # behind them. Callbacks scheduled by this batch's own
-                # deliveries run after all of them, also as in asyncio.
+            if self._paused or self._held:
+                # Paused, or earlier data is still held: in line behind it.
                 self._hold(_unpack(self._ptrs[bid], res))
             elif self._buffered:
                 rest = self._feed_buffered(res, bid)
@@ -758,7 +754,6 @@ class RingTransportsMixin:
 
     _recv_buffers = None   # the shared BufferRing; False when unavailable
     _deferred_transports: list = []   # replaced per loop on first use
-    _callbacks_before_io = 0   # set by the run-once step before each poll
 
     def _defer_delivery(self, transport) -> None:
         """Deliver ``transport``'s held data from the ready queue, behind the

@@ -322,3 +322,87 @@ def test_copy_into_fills_what_fits_and_refuses_read_only_buffers():
         buffers.close()
         with pytest.raises(RuntimeError):
             taker.copy_into(1, 0, 3, small)
+
+
+# ---- completions that wait behind callbacks ready before their poll ----------
+
+def _nop(lp, handler):
+    lp._ring.prep(uapi.IORING_OP_NOP, -1, Ring.null, 0, 0, 0, lp._ops.register(handler))
+
+
+@pytest.mark.parametrize("then", ["run_again", "close"])
+def test_completions_left_behind_by_an_interrupt_are_delivered(loop_kind, then):
+    if loop_kind != "aiouring":
+        pytest.skip("the CQE walk is aiouring's")
+    import time
+    import aiouring
+    lp = aiouring.Loop()
+    delivered = []
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    try:
+        lp.call_soon(interrupt)              # ready before the poll ...
+        _nop(lp, lambda res, flags: delivered.append(res))   # ... which reaps this
+        with pytest.raises(KeyboardInterrupt):
+            lp.run_forever()
+        assert delivered == []               # it waits behind the interrupted callback
+        if then == "run_again":
+            lp.call_soon(lp.stop)
+            lp.run_forever()
+            assert delivered == [0]
+    finally:
+        started = time.monotonic()
+        lp.close()
+        assert time.monotonic() - started < 2   # nothing left for drain() to wait for
+    assert delivered == [0]
+
+
+def test_callbacks_ready_before_a_poll_run_before_its_completions(loop_kind):
+    if loop_kind != "aiouring":
+        pytest.skip("the CQE walk is aiouring's")
+    import aiouring
+    lp = aiouring.Loop()
+    order = []
+    try:
+        lp.call_soon(order.append, "ready before the poll")
+        _nop(lp, lambda res, flags: (order.append("completion"), lp.call_soon(order.append, "scheduled by it")))
+        lp.call_later(0, order.append, "due timer")
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+    finally:
+        lp.close()
+    assert order == ["ready before the poll", "completion", "due timer", "scheduled by it"]
+
+
+def test_stream_data_never_overtakes_the_connect_caller(loop):
+    # asyncio's order: create_connection() returns before data_received runs,
+    # even when the peer's data is already there at the first poll.
+    async def main():
+        events = []
+
+        class Proto(asyncio.Protocol):
+            def data_received(self, data):
+                events.append(("data", data))
+
+        async def serve(reader, writer):
+            writer.write(b"hello")
+            await writer.drain()
+            await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(Proto, "127.0.0.1", port)
+        events.append(("connected",))
+        while len(events) < 2:
+            await asyncio.sleep(0.001)
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        return events
+
+    assert run(loop, main())[:2] == [("connected",), ("data", b"hello")]
