@@ -135,11 +135,12 @@ class _RecvBuffers:
         self.ring = buffer_ring
         size = buffer_ring.buffer_size
         self.pointers = [_pointer(buffer_ring.view(bid, size)) for bid in range(buffer_ring.entries)]
-        self.recycle = buffer_ring.recycle
-        # take(bid, n) -> bytes: copy out and recycle in one C call (the hot path).
+        # take(bid, n) -> bytes: copy out and recycle in one C call (the hot
+        # path); copy_into and recycle for BufferedProtocol deliveries.
         taker = BufferTaker(buffer_ring)
         self.take = taker.take
         self.copy_into = taker.copy_into
+        self.recycle = taker.recycle
         self.group_id = buffer_ring.group_id
 
 
