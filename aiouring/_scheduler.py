@@ -7,7 +7,8 @@ moved to the ready queue after the poll, only the callbacks that were ready
 before the poll run now, debug mode's slow-callback warnings); what changes is
 that the poll is the ring's submit-and-reap called directly, the CQE batch is
 dispatched without going through ``selectors`` when no fd was polled, and the
-per-callback work (``call_soon``, the handle, running it) is C
+per-callback work (``call_soon``/``call_at``/``call_later``, the handles,
+running them) is C
 (``aiouring._hotpath``): asyncio spends about a microsecond of Python on each
 callback, and every task step and future callback is one.
 """
@@ -21,11 +22,11 @@ from typing import Any, Callable, Optional
 
 from . import _hotpath
 
-__all__ = ["Handle", "RunOnceMixin"]
+__all__ = ["Handle", "TimerHandle", "RunOnceMixin"]
 
 # The Python side relies on this version of the C module; a stale build of an
 # editable install fails here instead of misbehaving.
-_HOTPATH_ABI = 3
+_HOTPATH_ABI = 4
 if getattr(_hotpath, "ABI", None) != _HOTPATH_ABI:
     raise ImportError(f"aiouring._hotpath is a stale build (ABI {getattr(_hotpath, 'ABI', None)}, "
                       f"need {_HOTPATH_ABI}); reinstall aiouring (pip install -e .) to rebuild it")
@@ -65,12 +66,33 @@ class Handle(_hotpath.HandleBase):
         self._loop.call_exception_handler(context)
 
 
-_hotpath.set_handle_class(Handle)
+class TimerHandle(_hotpath.TimerHandleBase, Handle):
+    """What ``call_later``/``call_at`` return on an aiouring loop: ordered by
+    deadline in C (the timer heap compares them), the rest as
+    ``asyncio.TimerHandle`` (not a subclass of it either)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        # asyncio's TimerHandle.cancel: the loop counts cancelled timers to
+        # know when to rebuild its heap.
+        if not self._cancelled:
+            self._loop._timer_handle_cancelled(self)
+        Handle.cancel(self)
+
+    def _repr_info(self) -> list:
+        info = Handle._repr_info(self)
+        info.insert(2 if self._cancelled else 1, f"when={self._when}")
+        return info
+
+
+_hotpath.set_handle_classes(Handle, TimerHandle)
 
 
 class RunOnceMixin(_hotpath.LoopCore):
     """Mixed into :class:`aiouring.loop.Loop` ahead of asyncio's classes; its
-    C base holds ``_ready``, ``_closed`` and ``_debug`` and has ``call_soon``."""
+    C base holds ``_ready``, ``_closed`` and ``_debug`` and has ``call_soon``,
+    ``call_at`` and ``call_later``."""
 
     # call_soon itself is _hotpath.LoopCore.call_soon; this is its debug mode.
     def _call_soon_debug(self, callback: Callable[..., object], *args: Any,
@@ -81,6 +103,21 @@ class RunOnceMixin(_hotpath.LoopCore):
             # the caller's line.
             del handle._source_traceback[-1]
         return handle
+
+    # call_at and call_later are LoopCore's too; these are their debug mode.
+    def _call_at_debug(self, when: float, callback: Callable[..., object], *args: Any,
+                       context: Optional[contextvars.Context] = None) -> events.TimerHandle:
+        timer = base_events.BaseEventLoop.call_at(self, when, callback, *args, context=context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        return timer
+
+    def _call_later_debug(self, delay: float, callback: Callable[..., object], *args: Any,
+                          context: Optional[contextvars.Context] = None) -> events.TimerHandle:
+        timer = base_events.BaseEventLoop.call_later(self, delay, callback, *args, context=context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        return timer
 
     def _dispatch_io(self, batch: list) -> None:
         selector = self._selector

@@ -406,3 +406,97 @@ def test_stream_data_never_overtakes_the_connect_caller(loop):
         return events
 
     assert run(loop, main())[:2] == [("connected",), ("data", b"hello")]
+
+
+# ---- timers: call_at / call_later ----------------------------------------------
+
+def test_timer_handles_match_asyncio(loop):
+    now = loop.time()
+    late = loop.call_at(now + 100, cb)
+    early = loop.call_later(50, cb)
+    assert late.when() == late._when == now + 100
+    assert early._scheduled is True and early._cancelled is False
+    assert early < late and late > early and early <= late and late >= early
+    assert early != late and not (early == late)
+    assert hash(late) == hash(now + 100)
+    assert repr(late).startswith(f"<TimerHandle when={now + 100} cb() at ")
+    twin = loop.call_at(now + 100, cb)
+    assert twin == late and twin <= late and twin >= late
+    assert (early == object()) is False
+    with pytest.raises(TypeError):
+        early < object()
+    late.cancel()
+    assert late.cancelled() and late._callback is None
+    assert repr(late) == f"<TimerHandle cancelled when={now + 100}>"
+    assert twin != late
+    for handle in (early, twin):
+        handle.cancel()
+    run(loop, asyncio.sleep(0))
+
+
+def test_timer_argument_errors_match_asyncio(loop):
+    with pytest.raises(TypeError, match="^delay must not be None$"):
+        loop.call_later(None, cb)
+    with pytest.raises(TypeError, match="^when cannot be None$"):
+        loop.call_at(None, cb)
+    with pytest.raises(TypeError):
+        loop.call_later("1", cb)
+    with pytest.raises(TypeError):
+        loop.call_later(1)
+    with pytest.raises(TypeError):
+        loop.call_later(1, cb, delay=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'after'"):
+        loop.call_later(1, cb, after=2)
+    loop.close()
+    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+        loop.call_later(1, cb)
+    with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+        loop.call_at(1, cb)
+
+
+def test_timers_fire_in_deadline_order_with_mixed_number_types(loop):
+    import random
+    rng = random.Random(7)
+    fired = []
+    base = loop.time()
+    expected = []
+    handles = []
+    for i in range(400):
+        offset = rng.random() * 0.05
+        when = base + offset if i % 3 else int(base) + 1 + i   # ints far in the future
+        handle = loop.call_at(when, fired.append, i)
+        handles.append(handle)
+        if i % 3 and i % 4:       # cancel enough that the heap gets rebuilt
+            expected.append((when, i))
+        else:
+            handle.cancel()
+    run(loop, asyncio.sleep(0.1))
+    assert fired == [i for _, i in sorted(expected)]
+    assert loop._timer_cancelled_count >= 0
+    assert all(not h._scheduled for h in handles if not h._cancelled)
+
+
+def test_debug_timers_remember_their_callers_line(loop):
+    loop.set_debug(True)
+    try:
+        later = loop.call_later(10, cb)
+        at = loop.call_at(loop.time() + 10, cb)
+        assert later._source_traceback[-1].name == "test_debug_timers_remember_their_callers_line"
+        assert at._source_traceback[-1].name == "test_debug_timers_remember_their_callers_line"
+        later.cancel()
+        at.cancel()
+    finally:
+        loop.set_debug(False)
+    run(loop, asyncio.sleep(0))
+
+
+def test_sleep_and_wait_for_run_on_the_c_timers(loop):
+    async def main():
+        started = loop.time()
+        await asyncio.sleep(0.02)
+        assert loop.time() - started >= 0.02
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.sleep(10), 0.01)
+        return "ok"
+
+    assert run(loop, main()) == "ok"

@@ -10,9 +10,12 @@
  *                   asyncio's Handle has (_callback, _args, _cancelled, ...),
  *                   so asyncio's own Python methods work on it (the Python
  *                   subclass in aiouring/_scheduler.py borrows them).
+ *   TimerHandleBase the same for call_at/call_later, ordered by its deadline
+ *                   for the loop's heap.
  *   LoopCore        a base class of aiouring.Loop holding _ready, _closed and
- *                   _debug in C slots, with call_soon (non-debug) and
- *                   _run_ready (the run-once step's callback loop).
+ *                   _debug in C slots, with call_soon, call_at, call_later
+ *                   (non-debug) and _run_ready (the run-once step's
+ *                   callback loop).
  *   dispatch()      the CQE walk: user_data -> handler(res, flags).
  *   BufferTaker     a received chunk out of the provided-buffer ring as bytes,
  *                   the buffer recycled, in one call.
@@ -32,15 +35,18 @@
 
 /* Bumped when the Python side starts relying on something new here, so a
  * stale build in an editable install fails at import with a clear message. */
-#define HOTPATH_ABI 3
+#define HOTPATH_ABI 4
 
 static PyObject *str_append, *str_popleft, *str_cancelled, *str_run,
                 *str_callback_failed, *str_call_soon_debug, *str_context,
-                *str_fileno;
+                *str_fileno, *str_scheduled, *str_time, *str_call_at_debug, *str_call_later_debug;
+
+/* heapq.heappush, for the loop's timer heap. */
+static PyObject *heappush;
 
 /* The class call_soon instantiates: aiouring._scheduler.Handle, a Python
  * subclass of HandleBase; set once by set_handle_class(). */
-static PyTypeObject *handle_class;
+static PyTypeObject *handle_class, *timer_handle_class;
 
 /* ---- Handle --------------------------------------------------------------- */
 
@@ -179,7 +185,8 @@ static PyTypeObject HandleBase_Type = {
 
 /* A handle for call_soon: steals nothing, copies the positional args. */
 static PyObject *
-handle_new(PyObject *loop, PyObject *callback, PyObject *const *args, Py_ssize_t nargs, PyObject *context)
+handle_new(PyTypeObject *cls, PyObject *loop, PyObject *callback, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *context)
 {
     PyObject *arg_tuple = PyTuple_New(nargs);
     if (arg_tuple == NULL)
@@ -195,7 +202,7 @@ handle_new(PyObject *loop, PyObject *callback, PyObject *const *args, Py_ssize_t
     } else {
         Py_INCREF(context);
     }
-    HandleObject *handle = (HandleObject *)handle_class->tp_alloc(handle_class, 0);
+    HandleObject *handle = (HandleObject *)cls->tp_alloc(cls, 0);
     if (handle == NULL) {
         Py_DECREF(arg_tuple);
         Py_DECREF(context);
@@ -210,6 +217,142 @@ handle_new(PyObject *loop, PyObject *callback, PyObject *const *args, Py_ssize_t
     handle->cancelled = 0;
     return (PyObject *)handle;
 }
+
+/* ---- TimerHandle ---------------------------------------------------------- */
+
+typedef struct {
+    HandleObject handle;
+    PyObject *when;
+    char scheduled;
+} TimerHandleObject;
+
+static PyTypeObject TimerHandleBase_Type;
+
+static int
+timer_traverse(TimerHandleObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->when);
+    return handle_traverse(&self->handle, visit, arg);
+}
+
+static int
+timer_clear(TimerHandleObject *self)
+{
+    Py_CLEAR(self->when);
+    return handle_clear(&self->handle);
+}
+
+static void
+timer_dealloc(TimerHandleObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->handle.weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    timer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_hash_t
+timer_hash(TimerHandleObject *self)
+{
+    return PyObject_Hash(self->when);
+}
+
+/* asyncio's TimerHandle order: by deadline; equal when deadline, callback,
+ * args and cancelled state are. Float deadlines (loop.time() + delay, the
+ * usual) compare without a call. */
+static int
+timer_when_cmp(PyObject *a, PyObject *b, int op)
+{
+    if (PyFloat_CheckExact(a) && PyFloat_CheckExact(b)) {
+        double x = PyFloat_AS_DOUBLE(a), y = PyFloat_AS_DOUBLE(b);
+        return op == Py_LT ? x < y : op == Py_GT ? x > y : x == y;
+    }
+    return PyObject_RichCompareBool(a, b, op);
+}
+
+static int
+timer_equal(TimerHandleObject *a, TimerHandleObject *b)
+{
+    int r = timer_when_cmp(a->when, b->when, Py_EQ);
+    if (r <= 0)
+        return r;
+    PyObject *ca = a->handle.callback ? a->handle.callback : Py_None;
+    PyObject *cb = b->handle.callback ? b->handle.callback : Py_None;
+    if ((r = PyObject_RichCompareBool(ca, cb, Py_EQ)) <= 0)
+        return r;
+    PyObject *aa = a->handle.args ? a->handle.args : Py_None;
+    PyObject *ab = b->handle.args ? b->handle.args : Py_None;
+    if ((r = PyObject_RichCompareBool(aa, ab, Py_EQ)) <= 0)
+        return r;
+    return a->handle.cancelled == b->handle.cancelled;
+}
+
+static PyObject *
+timer_richcompare(PyObject *self, PyObject *other, int op)
+{
+    if (!PyObject_TypeCheck(other, &TimerHandleBase_Type))
+        Py_RETURN_NOTIMPLEMENTED;
+    TimerHandleObject *a = (TimerHandleObject *)self, *b = (TimerHandleObject *)other;
+    int r;
+    switch (op) {
+    case Py_LT:
+    case Py_GT:
+        r = timer_when_cmp(a->when, b->when, op);
+        break;
+    case Py_LE:
+    case Py_GE:
+        r = timer_when_cmp(a->when, b->when, op == Py_LE ? Py_LT : Py_GT);
+        if (r == 0)
+            r = timer_equal(a, b);
+        break;
+    case Py_EQ:
+        r = timer_equal(a, b);
+        break;
+    default:   /* Py_NE */
+        r = timer_equal(a, b);
+        if (r >= 0)
+            r = !r;
+        break;
+    }
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *
+timer_when_method(TimerHandleObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self->when ? self->when : Py_None);
+}
+
+static PyMethodDef timer_methods[] = {
+    {"when", (PyCFunction)timer_when_method, METH_NOARGS, "The scheduled time, on loop.time()'s clock."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef timer_members[] = {
+    {"_when", T_OBJECT, offsetof(TimerHandleObject, when), 0, NULL},
+    {"_scheduled", T_BOOL, offsetof(TimerHandleObject, scheduled), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TimerHandleBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiouring._hotpath.TimerHandleBase",
+    .tp_basicsize = sizeof(TimerHandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C part of aiouring's timer handle.",
+    .tp_traverse = (traverseproc)timer_traverse,
+    .tp_clear = (inquiry)timer_clear,
+    .tp_dealloc = (destructor)timer_dealloc,
+    .tp_hash = (hashfunc)timer_hash,
+    .tp_richcompare = timer_richcompare,
+    .tp_methods = timer_methods,
+    .tp_members = timer_members,
+    .tp_base = &HandleBase_Type,
+    .tp_new = PyType_GenericNew,
+};
 
 /* ---- LoopCore ------------------------------------------------------------- */
 
@@ -269,51 +412,80 @@ truth(PyObject *value)
     return PyObject_IsTrue(value);
 }
 
-/* call_soon(callback, *args, context=None), asyncio's non-debug path: a
- * closed check, a Handle, an append. Debug mode (thread and callback checks,
- * source tracebacks) is the Python method _call_soon_debug. */
-static PyObject *
-loopcore_call_soon(LoopCoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* The keyword arguments call_soon/call_at/call_later take: context= only.
+ * Returns -1 with TypeError for anything else. */
+static int
+only_context_keyword(const char *method, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     PyObject **context)
 {
-    PyObject *context = NULL;
+    *context = NULL;
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         if (name != str_context && PyUnicode_Compare(name, str_context) != 0) {
-            if (PyErr_Occurred())
-                return NULL;
-            PyErr_Format(PyExc_TypeError, "call_soon() got an unexpected keyword argument '%U'", name);
-            return NULL;
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", method, name);
+            return -1;
         }
-        context = args[nargs + i];
+        *context = args[nargs + i];
     }
+    return 0;
+}
+
+/* Debug mode is asyncio's own code (thread and callback checks, source
+ * tracebacks), reached through a Python method of the same arguments.
+ * Returns NULL with no error set when debug mode is off. */
+static PyObject *
+in_debug_mode(LoopCoreObject *self, PyObject *debug_method, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames, int *failed)
+{
     int debug = truth(self->debug);
-    if (debug < 0)
+    *failed = debug < 0;
+    if (debug <= 0)
         return NULL;
-    if (debug) {
-        PyObject *method = PyObject_GetAttr((PyObject *)self, str_call_soon_debug);
-        if (method == NULL)
-            return NULL;
-        PyObject *result = PyObject_Vectorcall(method, args, nargs, kwnames);
-        Py_DECREF(method);
-        return result;
+    PyObject *method = PyObject_GetAttr((PyObject *)self, debug_method);
+    if (method == NULL) {
+        *failed = 1;
+        return NULL;
     }
+    PyObject *result = PyObject_Vectorcall(method, args, nargs, kwnames);
+    Py_DECREF(method);
+    *failed = result == NULL;
+    return result;
+}
+
+static int
+check_open(LoopCoreObject *self)
+{
+    int closed = truth(self->closed);
+    if (closed > 0)
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return closed ? -1 : 0;
+}
+
+/* call_soon(callback, *args, context=None), asyncio's non-debug path: a
+ * closed check, a Handle, an append. */
+static PyObject *
+loopcore_call_soon(LoopCoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *context;
+    int failed;
+    if (only_context_keyword("call_soon", args, nargs, kwnames, &context) < 0)
+        return NULL;
+    PyObject *debug_result = in_debug_mode(self, str_call_soon_debug, args, nargs, kwnames, &failed);
+    if (debug_result != NULL || failed)
+        return debug_result;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "call_soon() missing 1 required positional argument: 'callback'");
         return NULL;
     }
-    int closed = truth(self->closed);
-    if (closed < 0)
+    if (check_open(self) < 0)
         return NULL;
-    if (closed) {
-        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-        return NULL;
-    }
     if (self->ready == NULL) {
         PyErr_SetString(PyExc_AttributeError, "event loop has no ready queue (not initialised)");
         return NULL;
     }
-    PyObject *handle = handle_new((PyObject *)self, args[0], args + 1, nargs - 1, context);
+    PyObject *handle = handle_new(handle_class, (PyObject *)self, args[0], args + 1, nargs - 1, context);
     if (handle == NULL)
         return NULL;
     PyObject *appended = PyObject_CallMethodOneArg(self->ready, str_append, handle);
@@ -323,6 +495,86 @@ loopcore_call_soon(LoopCoreObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     Py_DECREF(appended);
     return handle;
+}
+
+/* A timer on the loop's heap (asyncio's call_at after its checks). */
+static PyObject *
+schedule_timer(LoopCoreObject *self, PyObject *when, PyObject *const *args, Py_ssize_t nargs, PyObject *context)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    PyObject *timer = handle_new(timer_handle_class, (PyObject *)self, args[0], args + 1, nargs - 1, context);
+    if (timer == NULL)
+        return NULL;
+    ((TimerHandleObject *)timer)->when = Py_NewRef(when);
+    PyObject *heap = PyObject_GetAttr((PyObject *)self, str_scheduled);
+    if (heap == NULL) {
+        Py_DECREF(timer);
+        return NULL;
+    }
+    PyObject *pushed = PyObject_CallFunctionObjArgs(heappush, heap, timer, NULL);
+    Py_DECREF(heap);
+    if (pushed == NULL) {
+        Py_DECREF(timer);
+        return NULL;
+    }
+    Py_DECREF(pushed);
+    ((TimerHandleObject *)timer)->scheduled = 1;
+    return timer;
+}
+
+/* call_at(when, callback, *args, context=None) */
+static PyObject *
+loopcore_call_at(LoopCoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *context;
+    int failed;
+    if (only_context_keyword("call_at", args, nargs, kwnames, &context) < 0)
+        return NULL;
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "call_at() missing required positional arguments: 'when' and 'callback'");
+        return NULL;
+    }
+    if (args[0] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "when cannot be None");
+        return NULL;
+    }
+    PyObject *debug_result = in_debug_mode(self, str_call_at_debug, args, nargs, kwnames, &failed);
+    if (debug_result != NULL || failed)
+        return debug_result;
+    return schedule_timer(self, args[0], args + 1, nargs - 1, context);
+}
+
+/* call_later(delay, callback, *args, context=None) */
+static PyObject *
+loopcore_call_later(LoopCoreObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *context;
+    int failed;
+    if (only_context_keyword("call_later", args, nargs, kwnames, &context) < 0)
+        return NULL;
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "call_later() missing required positional arguments: 'delay' and 'callback'");
+        return NULL;
+    }
+    if (args[0] == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "delay must not be None");
+        return NULL;
+    }
+    PyObject *debug_result = in_debug_mode(self, str_call_later_debug, args, nargs, kwnames, &failed);
+    if (debug_result != NULL || failed)
+        return debug_result;
+    /* loop.time(), not the clock directly: subclasses and tests replace it. */
+    PyObject *now = PyObject_CallMethodNoArgs((PyObject *)self, str_time);
+    if (now == NULL)
+        return NULL;
+    PyObject *when = PyNumber_Add(now, args[0]);
+    Py_DECREF(now);
+    if (when == NULL)
+        return NULL;
+    PyObject *timer = schedule_timer(self, when, args + 1, nargs - 1, context);
+    Py_DECREF(when);
+    return timer;
 }
 
 /* Run the first `ntodo` handles of the ready queue, as the non-debug part of
@@ -372,6 +624,10 @@ fail:
 static PyMethodDef loopcore_methods[] = {
     {"call_soon", (PyCFunction)(void (*)(void))loopcore_call_soon, METH_FASTCALL | METH_KEYWORDS,
      "call_soon(callback, *args, context=None) -> Handle"},
+    {"call_at", (PyCFunction)(void (*)(void))loopcore_call_at, METH_FASTCALL | METH_KEYWORDS,
+     "call_at(when, callback, *args, context=None) -> TimerHandle"},
+    {"call_later", (PyCFunction)(void (*)(void))loopcore_call_later, METH_FASTCALL | METH_KEYWORDS,
+     "call_later(delay, callback, *args, context=None) -> TimerHandle"},
     {"_run_ready", (PyCFunction)loopcore_run_ready, METH_O,
      "Run the first n handles of the ready queue."},
     {NULL, NULL, 0, NULL},
@@ -736,14 +992,17 @@ fail:
 }
 
 static PyObject *
-hotpath_set_handle_class(PyObject *module, PyObject *cls)
+hotpath_set_handle_classes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &HandleBase_Type)) {
-        PyErr_SetString(PyExc_TypeError, "set_handle_class() needs a subclass of HandleBase");
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1])
+            || !PyType_IsSubtype((PyTypeObject *)args[0], &HandleBase_Type)
+            || !PyType_IsSubtype((PyTypeObject *)args[1], &TimerHandleBase_Type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "set_handle_classes() needs subclasses of HandleBase and TimerHandleBase");
         return NULL;
     }
-    Py_INCREF(cls);
-    Py_XSETREF(handle_class, (PyTypeObject *)cls);
+    Py_XSETREF(handle_class, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(timer_handle_class, (PyTypeObject *)Py_NewRef(args[1]));
     Py_RETURN_NONE;
 }
 
@@ -754,8 +1013,8 @@ static PyMethodDef module_methods[] = {
      "copy_into(src, offset, length, dst) -> int: copy part of src into a writable buffer."},
     {"send_nowait", (PyCFunction)(void (*)(void))hotpath_send_nowait, METH_FASTCALL,
      "send_nowait(sock, data) -> int: one non-blocking send(2); 0 when the socket is full."},
-    {"set_handle_class", (PyCFunction)hotpath_set_handle_class, METH_O,
-     "Set the HandleBase subclass that call_soon creates."},
+    {"set_handle_classes", (PyCFunction)(void (*)(void))hotpath_set_handle_classes, METH_FASTCALL,
+     "set_handle_classes(handle, timer_handle): the classes call_soon and call_at create."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -778,14 +1037,27 @@ PyInit__hotpath(void)
     INTERN(str_call_soon_debug, "_call_soon_debug");
     INTERN(str_context, "context");
     INTERN(str_fileno, "fileno");
-    if (PyType_Ready(&HandleBase_Type) < 0 || PyType_Ready(&LoopCore_Type) < 0
-            || PyType_Ready(&BufferTaker_Type) < 0)
+    INTERN(str_scheduled, "_scheduled");
+    INTERN(str_time, "time");
+    INTERN(str_call_at_debug, "_call_at_debug");
+    INTERN(str_call_later_debug, "_call_later_debug");
+    PyObject *heapq = PyImport_ImportModule("heapq");
+    if (heapq == NULL)
+        return NULL;
+    heappush = PyObject_GetAttrString(heapq, "heappush");
+    Py_DECREF(heapq);
+    if (heappush == NULL)
+        return NULL;
+    if (PyType_Ready(&HandleBase_Type) < 0 || PyType_Ready(&TimerHandleBase_Type) < 0
+            || PyType_Ready(&LoopCore_Type) < 0 || PyType_Ready(&BufferTaker_Type) < 0)
         return NULL;
     handle_class = (PyTypeObject *)Py_NewRef(&HandleBase_Type);
+    timer_handle_class = (PyTypeObject *)Py_NewRef(&TimerHandleBase_Type);
     PyObject *module = PyModule_Create(&hotpath_module);
     if (module == NULL)
         return NULL;
     if (PyModule_AddObjectRef(module, "HandleBase", (PyObject *)&HandleBase_Type) < 0
+            || PyModule_AddObjectRef(module, "TimerHandleBase", (PyObject *)&TimerHandleBase_Type) < 0
             || PyModule_AddObjectRef(module, "LoopCore", (PyObject *)&LoopCore_Type) < 0
             || PyModule_AddObjectRef(module, "BufferTaker", (PyObject *)&BufferTaker_Type) < 0
             || PyModule_AddIntConstant(module, "ABI", HOTPATH_ABI) < 0) {
