@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import heapq
+import inspect
 from asyncio import base_events, events, format_helpers
 from typing import Any, Callable, Optional
 
@@ -26,7 +27,7 @@ __all__ = ["Handle", "TimerHandle", "RunOnceMixin"]
 
 # The Python side relies on this version of the C module; a stale build of an
 # editable install fails here instead of misbehaving.
-_HOTPATH_ABI = 4
+_HOTPATH_ABI = 5
 if getattr(_hotpath, "ABI", None) != _HOTPATH_ABI:
     raise ImportError(f"aiouring._hotpath is a stale build (ABI {getattr(_hotpath, 'ABI', None)}, "
                       f"need {_HOTPATH_ABI}); reinstall aiouring (pip install -e .) to rebuild it")
@@ -36,6 +37,10 @@ _MAXIMUM_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 _MIN_SCHEDULED_TIMER_HANDLES = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_TIMER_HANDLES_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
 _format_handle = base_events._format_handle
+
+# asyncio 3.13 shows a callback's arguments only in debug mode, and its
+# formatter takes the mode as an argument.
+_CB_SOURCE_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
 
 
 class Handle(_hotpath.HandleBase):
@@ -59,7 +64,10 @@ class Handle(_hotpath.HandleBase):
 
     def _callback_failed(self, exc: BaseException) -> None:
         # asyncio's Handle._run, its except branch.
-        cb = format_helpers._format_callback_source(self._callback, self._args)
+        if _CB_SOURCE_TAKES_DEBUG:
+            cb = format_helpers._format_callback_source(self._callback, self._args, debug=self._loop.get_debug())
+        else:
+            cb = format_helpers._format_callback_source(self._callback, self._args)
         context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": self}
         if self._source_traceback:
             context["source_traceback"] = self._source_traceback

@@ -630,12 +630,15 @@ class Ring:
     # later release crashes. Only once the kernel is done with the memory.
     release = staticmethod(ffi.release)
 
-    def buffer_ring(self, group_id: int, entries: int, buffer_size: int) -> "BufferRing":
-        """Register a provided-buffer ring (``IORING_REGISTER_PBUF_RING``, 5.19)."""
+    def buffer_ring(self, group_id: int, entries: int, buffer_size: int, *,
+                    provide: bool = True) -> "BufferRing":
+        """Register a provided-buffer ring (``IORING_REGISTER_PBUF_RING``, 5.19).
+        With ``provide=False`` its buffers are not ours: see
+        :meth:`BufferRing.native_provide`."""
         self._ensure_usable()
         if group_id in self._buffer_rings:
             raise ValueError(f"buffer group {group_id} is already registered")
-        br = BufferRing(self, group_id, entries, buffer_size)
+        br = BufferRing(self, group_id, entries, buffer_size, provide=provide)
         self._buffer_rings[group_id] = br
         return br
 
@@ -688,14 +691,16 @@ class BufferRing:
     owns a buffer from the moment it is in the ring until its CQE; we own it
     after, copy the data out, and give it back with :meth:`recycle`."""
 
-    def __init__(self, ring: Ring, group_id: int, entries: int, buffer_size: int) -> None:
+    def __init__(self, ring: Ring, group_id: int, entries: int, buffer_size: int, *,
+                 provide: bool = True) -> None:
         if entries < 1 or entries > 32768 or entries & (entries - 1):
             raise ValueError(f"entries must be a power of two between 1 and 32768, got {entries}")
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be positive, got {buffer_size}")
         self._ring = ring
         self._pb = ffi.new("struct aiou_pbuf *")
-        check(lib.aiou_pbuf_setup(ring._r, self._pb, group_id, entries, buffer_size))
+        check(lib.aiou_pbuf_setup(ring._r, self._pb, group_id, entries, buffer_size, int(provide)))
+        self.provides_buffers = provide
         self.group_id = group_id
         self.entries = entries
         self.buffer_size = buffer_size
@@ -718,13 +723,16 @@ class BufferRing:
         self._check_access(bid, length)
         return ffi.unpack(self._base + bid * self.buffer_size, length)
 
-    def native_take(self) -> "tuple[int, int]":
-        """``(address of aiou_pbuf_take, address of this ring's state)`` for
-        :class:`aiouring._hotpath.BufferTaker`, which copies a receive out
-        and recycles its buffer in one C call. The taker keeps this object
-        alive; the C function refuses a closed ring or a bad bid."""
-        take = ffi.cast("uintptr_t", ffi.addressof(lib, "aiou_pbuf_take"))
-        return int(take), int(ffi.cast("uintptr_t", self._pb))
+    def native_provide(self) -> "tuple[int, int]":
+        """``(address of aiou_pbuf_provide, address of this ring's state)``
+        for :class:`aiouring._hotpath.BufferTaker`, which owns the buffers of
+        a ring set up with ``provide=False`` (bytes objects it hands to the
+        kernel, and then to protocols without a copy). The taker keeps this
+        object alive; the C function refuses a closed ring or a bad bid."""
+        if self.provides_buffers:
+            raise ValueError("this buffer ring has its own buffers (set it up with provide=False)")
+        provide = ffi.cast("uintptr_t", ffi.addressof(lib, "aiou_pbuf_provide"))
+        return int(provide), int(ffi.cast("uintptr_t", self._pb))
 
     def view(self, bid: int, length: int):
         """A buffer object over buffer ``bid`` (valid only until it is recycled)."""
@@ -734,6 +742,8 @@ class BufferRing:
     def _check_access(self, bid: int, length: int) -> None:
         if self._closed:
             raise RingClosedError(f"buffer ring {self.group_id} is closed")
+        if not self.provides_buffers:
+            raise ValueError(f"buffer ring {self.group_id}'s buffers are owned by its BufferTaker")
         if not 0 <= bid < self.entries:
             raise ValueError(f"buffer id {bid} is not in this ring (0..{self.entries - 1})")
         if not 0 <= length <= self.buffer_size:

@@ -106,7 +106,6 @@ _ACCEPT_RESOURCE_ERRORS = (-errno.EMFILE, -errno.ENFILE, -errno.ENOBUFS, -errno.
 _ACCEPT_TRANSIENT = (-errno.ECONNABORTED, -errno.EINTR, -errno.EAGAIN)
 _EOF = object()   # a held end-of-file, delivered after the held data
 
-_unpack = Ring.unpack
 _pointer = Ring.pointer
 _BufferedProtocol = protocols.BufferedProtocol
 _null = Ring.null
@@ -124,22 +123,20 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 
 
 class _RecvBuffers:
-    """The loop's provided-buffer ring as the transports use it: a cdata
-    pointer per buffer, computed once (reading a CQE's data is then one
-    ``unpack``), and ``recycle``. Receives only complete while the loop (and
-    so the ring) is open, so the pointers never outlive the buffers."""
+    """The loop's provided-buffer ring as the transports use it. Its buffers
+    are owned by a :class:`~aiouring._hotpath.BufferTaker`: ``take`` turns a
+    receive into bytes (without a copy when it is large) and gives the buffer
+    back; ``copy_into``/``copy_out`` read a buffer without giving it back,
+    ``recycle`` gives it back."""
 
-    __slots__ = ("ring", "pointers", "recycle", "take", "copy_into", "group_id")
+    __slots__ = ("ring", "take", "copy_into", "copy_out", "recycle", "group_id")
 
     def __init__(self, buffer_ring) -> None:
         self.ring = buffer_ring
-        size = buffer_ring.buffer_size
-        self.pointers = [_pointer(buffer_ring.view(bid, size)) for bid in range(buffer_ring.entries)]
-        # take(bid, n) -> bytes: copy out and recycle in one C call (the hot
-        # path); copy_into and recycle for BufferedProtocol deliveries.
         taker = BufferTaker(buffer_ring)
         self.take = taker.take
         self.copy_into = taker.copy_into
+        self.copy_out = taker.copy_out
         self.recycle = taker.recycle
         self.group_id = buffer_ring.group_id
 
@@ -170,10 +167,10 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._ops = loop._ops
         self._register = loop._ops.register
         self._prep = loop._prep
-        self._ptrs = buffers.pointers
         self._recycle = buffers.recycle
         self._take = buffers.take
         self._copy_into = buffers.copy_into
+        self._copy_out = buffers.copy_out
         self._group = buffers.group_id
 
         self._protocol_connected = False
@@ -352,13 +349,13 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
                 return     # nobody reads after close(), as in asyncio
             if self._paused or self._held:
                 # Paused, or earlier data is still held: in line behind it.
-                self._hold(_unpack(self._ptrs[bid], res))
+                self._hold(self._copy_out(bid, 0, res))
             elif self._buffered:
                 rest = self._feed_buffered(res, bid)
                 if rest is not None:
                     self._hold(rest)
             else:
-                data = _unpack(self._ptrs[bid], res)
+                data = self._copy_out(bid, 0, res)
                 try:
                     self._protocol.data_received(data)
                 except (SystemExit, KeyboardInterrupt):
@@ -408,7 +405,7 @@ class RingSocketTransport(transports._FlowControlMixin, transports.Transport):
             if offset < total and (self._paused or self._closing):
                 if self._closing:
                     return None
-                return held[offset:] if held is not None else _unpack(self._ptrs[bid] + offset, total - offset)
+                return held[offset:] if held is not None else self._copy_out(bid, offset, total - offset)
         return None
 
     def _hold(self, data: bytes) -> None:
@@ -787,7 +784,7 @@ class RingTransportsMixin:
                     and ring.supports(_OP_RECV) and ring.supports(_OP_SEND) and ring.supports(_OP_ACCEPT)):
                 try:
                     count, size = self._recv_buffer_shape
-                    buffers = _RecvBuffers(ring.buffer_ring(_RECV_GROUP_ID, count, size))
+                    buffers = _RecvBuffers(ring.buffer_ring(_RECV_GROUP_ID, count, size, provide=False))
                 except OSError as exc:
                     logger.debug("aiouring: no provided-buffer ring (%s); using selector transports", exc)
             self._recv_buffers = buffers

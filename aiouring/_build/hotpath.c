@@ -35,7 +35,7 @@
 
 /* Bumped when the Python side starts relying on something new here, so a
  * stale build in an editable install fails at import with a clear message. */
-#define HOTPATH_ABI 4
+#define HOTPATH_ABI 5
 
 static PyObject *str_append, *str_popleft, *str_cancelled, *str_run,
                 *str_callback_failed, *str_call_soon_debug, *str_context,
@@ -741,17 +741,24 @@ fail:
 
 /* ---- receive buffers and direct sends ------------------------------------- */
 
-/* aiou_pbuf_take in aiouring._ring (see ring_shim.c), reached through the
- * address aiouring.ring.BufferRing.native_take() hands out: the two
+/* aiou_pbuf_provide in aiouring._ring (see ring_shim.c), reached through
+ * the address aiouring.ring.BufferRing.native_provide() hands out: the two
  * extensions are built separately and only ring.py may touch _ring. */
-typedef int (*pbuf_take_fn)(void *pbuf, uint16_t bid, unsigned offset, unsigned len,
-                            char *dst, int recycle);
+typedef int (*pbuf_provide_fn)(void *pbuf, uint16_t bid, char *addr);
 
+/* The buffers of a provided-buffer ring are bytes objects this taker owns:
+ * the kernel receives into one, and a chunk that fills at least half of it
+ * becomes the bytes handed to the protocol as it is (shrunk in place, a
+ * fresh one taking its place in the ring), so large receives are never
+ * copied; small ones are copied out and the buffer goes straight back. */
 typedef struct {
     PyObject_HEAD
-    pbuf_take_fn take;
+    pbuf_provide_fn provide;
     void *pbuf;
-    PyObject *owner;     /* the BufferRing: keeps the C state alive, explains refusals */
+    PyObject *owner;        /* the BufferRing: keeps the C state alive, explains refusals */
+    Py_ssize_t entries;
+    Py_ssize_t size;
+    PyObject **slots;       /* slots[bid]: the bytes object buffer bid is */
 } BufferTakerObject;
 
 static PyObject *
@@ -760,26 +767,70 @@ taker_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PyObject *owner;
     if (!PyArg_ParseTuple(args, "O:BufferTaker", &owner))
         return NULL;
-    PyObject *addresses = PyObject_CallMethod(owner, "native_take", NULL);
+    PyObject *addresses = PyObject_CallMethod(owner, "native_provide", NULL);
     if (addresses == NULL)
         return NULL;
-    unsigned long long take_address, pbuf_address;
-    int ok = PyArg_ParseTuple(addresses, "KK:native_take", &take_address, &pbuf_address);
+    unsigned long long provide_address, pbuf_address;
+    int ok = PyArg_ParseTuple(addresses, "KK:native_provide", &provide_address, &pbuf_address);
     Py_DECREF(addresses);
     if (!ok)
         return NULL;
+    PyObject *entries = PyObject_GetAttrString(owner, "entries");
+    PyObject *size = entries ? PyObject_GetAttrString(owner, "buffer_size") : NULL;
+    Py_ssize_t n_entries = entries ? PyLong_AsSsize_t(entries) : -1;
+    Py_ssize_t n_size = size ? PyLong_AsSsize_t(size) : -1;
+    Py_XDECREF(entries);
+    Py_XDECREF(size);
+    if (n_entries < 0 || n_size < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "BufferTaker: bad buffer ring shape");
+        return NULL;
+    }
     BufferTakerObject *self = (BufferTakerObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->take = (pbuf_take_fn)(uintptr_t)take_address;
+    self->provide = (pbuf_provide_fn)(uintptr_t)provide_address;
     self->pbuf = (void *)(uintptr_t)pbuf_address;
     self->owner = Py_NewRef(owner);
+    self->entries = n_entries;
+    self->size = n_size;
+    self->slots = PyMem_Calloc((size_t)n_entries, sizeof(PyObject *));
+    if (self->slots == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t bid = 0; bid < n_entries; bid++) {
+        PyObject *buffer = PyBytes_FromStringAndSize(NULL, n_size);
+        if (buffer == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->slots[bid] = buffer;
+        int rc = self->provide(self->pbuf, (uint16_t)bid, PyBytes_AS_STRING(buffer));
+        if (rc != 0) {
+            PyErr_Format(PyExc_OSError, "BufferTaker: the buffer ring refused buffer %zd (%d)", bid, rc);
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
     return (PyObject *)self;
 }
 
 static void
 taker_dealloc(BufferTakerObject *self)
 {
+    if (self->slots != NULL) {
+        /* A buffer the kernel may still receive into must not be freed: only
+         * a ring that is gone (closed, or disowned after fork) answers EBADF
+         * to an impossible bid; otherwise the buffers are left alive. */
+        int ring_gone = self->provide(self->pbuf, UINT16_MAX, NULL) == -EBADF;
+        if (ring_gone) {
+            for (Py_ssize_t bid = 0; bid < self->entries; bid++)
+                Py_XDECREF(self->slots[bid]);
+            PyMem_Free(self->slots);
+        }
+        self->slots = NULL;
+    }
     Py_CLEAR(self->owner);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -794,16 +845,20 @@ taker_refused(BufferTakerObject *self, int rc, long bid, long offset, long lengt
                      offset, offset + length, bid);
         return NULL;
     }
-    PyObject *checked = PyObject_CallMethod(self->owner, "_check_access", "ll", bid, 0L);
-    if (checked == NULL)
+    PyObject *closed = PyObject_GetAttrString(self->owner, "_closed");
+    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    if (is_closed < 0)
         return NULL;
-    Py_DECREF(checked);
-    PyErr_Format(PyExc_RuntimeError, "aiouring internal error: buffer access refused (%d); please report", rc);
+    PyErr_Format(is_closed ? PyExc_RuntimeError : PyExc_OSError,
+                 is_closed ? "buffer ring is closed" : "buffer ring refused a buffer (%d)", rc);
     return NULL;
 }
 
+/* bid, offset and length, checked against the ring's shape. */
 static int
-taker_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage, long *values)
+taker_args(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+           const char *usage, long *values)
 {
     if (nargs != want) {
         PyErr_SetString(PyExc_TypeError, usage);
@@ -813,30 +868,67 @@ taker_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char 
         values[i] = PyLong_AsLong(args[i]);
         if (values[i] == -1 && PyErr_Occurred())
             return -1;
-        if (values[i] < 0 || values[i] > INT32_MAX || (i == 0 && values[i] > UINT16_MAX)) {
-            PyErr_Format(PyExc_ValueError, "%s: argument %zd out of range: %ld", usage, i + 1, values[i]);
-            return -1;
-        }
+    }
+    long bid = values[0], offset = want == 3 ? values[1] : 0, length = want >= 2 ? values[want - 1] : 0;
+    if (bid < 0 || bid >= self->entries || offset < 0 || length < 0
+            || offset > self->size || length > self->size - offset) {
+        PyErr_Format(PyExc_ValueError, "bytes %ld..%ld of buffer %ld are not in this buffer ring",
+                     offset, offset + length, bid);
+        return -1;
+    }
+    if (self->slots == NULL || self->slots[bid] == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "buffer ring is closed");
+        return -1;
     }
     return 0;
 }
 
-/* take(bid, length) -> bytes: the chunk a receive CQE names, copied out,
- * its buffer handed back to the kernel. */
+static int
+taker_give_back(BufferTakerObject *self, long bid)
+{
+    int rc = self->provide(self->pbuf, (uint16_t)bid, PyBytes_AS_STRING(self->slots[bid]));
+    if (rc != 0) {
+        taker_refused(self, rc, bid, 0, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* take(bid, length) -> bytes: the chunk a receive CQE names, as bytes; the
+ * buffer (or its replacement) goes back to the kernel. */
 static PyObject *
 taker_take(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     long v[2];
-    if (taker_args(args, nargs, 2, "take(bid, length)", v) < 0)
+    if (taker_args(self, args, nargs, 2, "take(bid, length)", v) < 0)
         return NULL;
-    PyObject *data = PyBytes_FromStringAndSize(NULL, v[1]);
-    if (data == NULL)
+    long bid = v[0], length = v[1];
+    PyObject *data;
+    if (2 * length >= self->size) {
+        PyObject *fresh = PyBytes_FromStringAndSize(NULL, self->size);
+        if (fresh == NULL) {
+            taker_give_back(self, bid);    /* the data is lost, the buffer is not */
+            return NULL;
+        }
+        data = self->slots[bid];
+        self->slots[bid] = fresh;
+        /* Only we hold `data`: shrinking it is a realloc in place. */
+        if (_PyBytes_Resize(&data, length) < 0) {
+            taker_give_back(self, bid);
+            return NULL;
+        }
+    } else {
+        data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->slots[bid]), length);
+        if (data == NULL) {
+            taker_give_back(self, bid);
+            return NULL;
+        }
+    }
+    if (taker_give_back(self, bid) < 0) {
+        Py_DECREF(data);
         return NULL;
-    int rc = self->take(self->pbuf, (uint16_t)v[0], 0, (unsigned)v[1], PyBytes_AS_STRING(data), 1);
-    if (rc == 0)
-        return data;
-    Py_DECREF(data);
-    return taker_refused(self, rc, v[0], 0, v[1]);
+    }
+    return data;
 }
 
 /* A protocol's buffer, writable; a read-only one is the TypeError that
@@ -852,6 +944,73 @@ get_writable(PyObject *dst, Py_buffer *view)
     }
     return -1;
 }
+
+/* copy_into(bid, offset, length, dst) -> int: as much of bytes
+ * [offset, offset + length) of buffer bid as fits into the writable buffer
+ * dst (a BufferedProtocol's), without giving the buffer back. No export of
+ * dst outlives the call: the protocol may resize it in buffer_updated(). */
+static PyObject *
+taker_copy_into(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long v[3];
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "copy_into(bid, offset, length, dst)");
+        return NULL;
+    }
+    if (taker_args(self, args, 3, 3, "copy_into(bid, offset, length, dst)", v) < 0)
+        return NULL;
+    Py_buffer view;
+    if (get_writable(args[3], &view) < 0)
+        return NULL;
+    long n = v[2] < view.len ? v[2] : (long)view.len;
+    memcpy(view.buf, PyBytes_AS_STRING(self->slots[v[0]]) + v[1], (size_t)n);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(n);
+}
+
+/* copy_out(bid, offset, length) -> bytes, without giving the buffer back. */
+static PyObject *
+taker_copy_out(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long v[3];
+    if (taker_args(self, args, nargs, 3, "copy_out(bid, offset, length)", v) < 0)
+        return NULL;
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->slots[v[0]]) + v[1], v[2]);
+}
+
+/* recycle(bid): hand buffer bid back to the kernel. */
+static PyObject *
+taker_recycle(BufferTakerObject *self, PyObject *bid)
+{
+    long v[1];
+    if (taker_args(self, &bid, 1, 1, "recycle(bid)", v) < 0)
+        return NULL;
+    if (taker_give_back(self, v[0]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef taker_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))taker_take, METH_FASTCALL,
+     "take(bid, length) -> bytes: a received chunk as bytes; the buffer goes back to the kernel."},
+    {"copy_into", (PyCFunction)(void (*)(void))taker_copy_into, METH_FASTCALL,
+     "copy_into(bid, offset, length, dst) -> int: copy part of a buffer into dst."},
+    {"copy_out", (PyCFunction)(void (*)(void))taker_copy_out, METH_FASTCALL,
+     "copy_out(bid, offset, length) -> bytes: copy part of a buffer out."},
+    {"recycle", (PyCFunction)taker_recycle, METH_O, "recycle(bid): give the buffer back."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BufferTaker_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiouring._hotpath.BufferTaker",
+    .tp_basicsize = sizeof(BufferTakerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "BufferTaker(buffer_ring): owns the buffers of a provide=False buffer ring.",
+    .tp_dealloc = (destructor)taker_dealloc,
+    .tp_methods = taker_methods,
+    .tp_new = taker_new,
+};
 
 /* copy_into(src, offset, length, dst) -> int: as much of src[offset:offset +
  * length] as fits into the writable buffer dst; held data on its way into a
@@ -885,60 +1044,6 @@ hotpath_copy_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyBuffer_Release(&src);
     return PyLong_FromSsize_t(n);
 }
-
-/* copy_into(bid, offset, length, dst) -> int: as much of bytes
- * [offset, offset + length) of buffer bid as fits into the writable buffer
- * dst (a BufferedProtocol's), without recycling. No export of dst outlives
- * the call: the protocol may resize it in buffer_updated(). */
-static PyObject *
-taker_copy_into(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    long v[3];
-    if (taker_args(args, nargs - 1, 3, "copy_into(bid, offset, length, dst)", v) < 0)
-        return NULL;
-    Py_buffer view;
-    if (get_writable(args[3], &view) < 0)
-        return NULL;
-    long n = v[2] < view.len ? v[2] : (long)view.len;
-    int rc = self->take(self->pbuf, (uint16_t)v[0], (unsigned)v[1], (unsigned)n, view.buf, 0);
-    PyBuffer_Release(&view);
-    if (rc == 0)
-        return PyLong_FromLong(n);
-    return taker_refused(self, rc, v[0], v[1], n);
-}
-
-/* recycle(bid): hand buffer bid back to the kernel. */
-static PyObject *
-taker_recycle(BufferTakerObject *self, PyObject *bid)
-{
-    long v[1];
-    if (taker_args(&bid, 1, 1, "recycle(bid)", v) < 0)
-        return NULL;
-    int rc = self->take(self->pbuf, (uint16_t)v[0], 0, 0, NULL, 1);
-    if (rc == 0)
-        Py_RETURN_NONE;
-    return taker_refused(self, rc, v[0], 0, 0);
-}
-
-static PyMethodDef taker_methods[] = {
-    {"take", (PyCFunction)(void (*)(void))taker_take, METH_FASTCALL,
-     "take(bid, length) -> bytes: copy a received chunk out and recycle its buffer."},
-    {"copy_into", (PyCFunction)(void (*)(void))taker_copy_into, METH_FASTCALL,
-     "copy_into(bid, offset, length, dst) -> int: copy part of a buffer into dst."},
-    {"recycle", (PyCFunction)taker_recycle, METH_O, "recycle(bid): give the buffer back."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject BufferTaker_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aiouring._hotpath.BufferTaker",
-    .tp_basicsize = sizeof(BufferTakerObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "BufferTaker(buffer_ring): receive chunks out of a provided-buffer ring.",
-    .tp_dealloc = (destructor)taker_dealloc,
-    .tp_methods = taker_methods,
-    .tp_new = taker_new,
-};
 
 /* send_nowait(sock, data) -> int: one send(2) that never blocks and never
  * raises SIGPIPE. Returns the count sent, 0 when the socket buffer is full;

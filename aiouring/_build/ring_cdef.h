@@ -202,10 +202,9 @@ int aiou_register_buffers(struct aiou_ring *r, struct iovec *iovs, unsigned n);
 int aiou_unregister_buffers(struct aiou_ring *r);
 
 int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid,
-                    unsigned entries, unsigned buf_size);
+                    unsigned entries, unsigned buf_size, int provide);
+int aiou_pbuf_provide(struct aiou_pbuf *pb, uint16_t bid, char *addr);
 int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid);
-int aiou_pbuf_take(struct aiou_pbuf *pb, uint16_t bid, unsigned offset, unsigned len,
-                   char *dst, int recycle);
 int aiou_pbuf_free(struct aiou_ring *r, struct aiou_pbuf *pb);
 void aiou_pbuf_forget(struct aiou_pbuf *pb);
 

@@ -805,7 +805,13 @@ int aiou_probe(struct aiou_ring *r, uint8_t *supported, unsigned n)
  * half a page away, common destinations are far from it. */
 #define PBUF_PAGE_OFFSET 2048
 
-int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid, unsigned entries, unsigned buf_size)
+/* A provided-buffer ring of `entries` buffers of `buf_size` bytes. With
+ * `provide`, the buffers are ours (one mapping) and all go into the ring now;
+ * without, the caller owns the buffer memory and hands each buffer in with
+ * aiou_pbuf_provide (aiouring._hotpath receives into bytes objects so that a
+ * large chunk becomes the bytes handed to the protocol, without a copy). */
+int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid, unsigned entries, unsigned buf_size,
+                    int provide)
 {
     memset(pb, 0, sizeof(*pb));
     if (entries == 0 || entries > 32768 || (entries & (entries - 1)) || buf_size == 0)
@@ -814,15 +820,18 @@ int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid, un
     void *ring = mmap(NULL, pb->ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (ring == MAP_FAILED)
         return -errno;
-    pb->base_bytes = page_align((size_t)entries * buf_size + PBUF_PAGE_OFFSET);
-    char *mapping = mmap(NULL, pb->base_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mapping == MAP_FAILED) {
-        int e = -errno;
-        munmap(ring, pb->ring_bytes);
-        return e;
+    char *mapping = NULL;
+    if (provide) {
+        pb->base_bytes = page_align((size_t)entries * buf_size + PBUF_PAGE_OFFSET);
+        mapping = mmap(NULL, pb->base_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mapping == MAP_FAILED) {
+            int e = -errno;
+            munmap(ring, pb->ring_bytes);
+            return e;
+        }
+        madvise(mapping, pb->base_bytes, MADV_DONTFORK);
     }
     madvise(ring, pb->ring_bytes, MADV_DONTFORK);
-    madvise(mapping, pb->base_bytes, MADV_DONTFORK);
     struct aiou_buf_reg reg;
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (uint64_t)(uintptr_t)ring;
@@ -831,24 +840,46 @@ int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid, un
     int rc = sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1);
     if (rc < 0) {
         munmap(ring, pb->ring_bytes);
-        munmap(mapping, pb->base_bytes);
+        if (mapping)
+            munmap(mapping, pb->base_bytes);
         return rc;
     }
     pb->bgid = bgid;
     pb->entries = entries;
     pb->buf_size = buf_size;
     pb->base_mapping = mapping;
-    pb->base = mapping + PBUF_PAGE_OFFSET;
+    pb->base = mapping ? mapping + PBUF_PAGE_OFFSET : NULL;
     pb->ring = ring;
     pb->mask = (uint16_t)(entries - 1);
     pb->tail = 0;
-    for (unsigned i = 0; i < entries; i++) {
-        struct aiou_buf *b = &pb->ring[(pb->tail + i) & pb->mask];
-        b->addr = (uint64_t)(uintptr_t)(pb->base + (size_t)i * buf_size);
-        b->len = buf_size;
-        b->bid = (uint16_t)i;
+    if (provide) {
+        for (unsigned i = 0; i < entries; i++) {
+            struct aiou_buf *b = &pb->ring[(pb->tail + i) & pb->mask];
+            b->addr = (uint64_t)(uintptr_t)(pb->base + (size_t)i * buf_size);
+            b->len = buf_size;
+            b->bid = (uint16_t)i;
+        }
+        pb->tail = (uint16_t)(pb->tail + entries);
     }
-    pb->tail = (uint16_t)(pb->tail + entries);
+    __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Hand buffer `bid`, `buf_size` bytes at `addr`, to the kernel (rings set up
+ * without `provide`). The caller keeps that memory alive and untouched until
+ * the buffer comes back in a CQE or the ring is unregistered. A freed ring
+ * answers -EBADF before anything else (aiouring._hotpath relies on that). */
+int aiou_pbuf_provide(struct aiou_pbuf *pb, uint16_t bid, char *addr)
+{
+    if (!pb->ring)
+        return -EBADF;
+    if (bid >= pb->entries || !addr || pb->base)
+        return -EINVAL;
+    struct aiou_buf *b = &pb->ring[pb->tail & pb->mask];
+    b->addr = (uint64_t)(uintptr_t)addr;
+    b->len = pb->buf_size;
+    b->bid = bid;
+    pb->tail++;
     __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
     return 0;
 }
@@ -859,7 +890,7 @@ int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid)
      * out would make the kernel receive into whatever lies past the buffers. */
     if (!pb->ring)
         return -EBADF;
-    if (bid >= pb->entries)
+    if (bid >= pb->entries || !pb->base)
         return -EINVAL;
     struct aiou_buf *b = &pb->ring[pb->tail & pb->mask];
     b->addr = (uint64_t)(uintptr_t)(pb->base + (size_t)bid * pb->buf_size);
@@ -868,20 +899,6 @@ int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid)
     pb->tail++;
     __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
     return 0;
-}
-
-/* The receive path in one call: copy bytes [offset, offset + len) of buffer
- * `bid` into `dst`, then (if `recycle`) give the buffer back.
- * aiouring._hotpath calls it through a function pointer, once per chunk. */
-int aiou_pbuf_take(struct aiou_pbuf *pb, uint16_t bid, unsigned offset, unsigned len,
-                   char *dst, int recycle)
-{
-    if (!pb->ring)
-        return -EBADF;
-    if (bid >= pb->entries || offset > pb->buf_size || len > pb->buf_size - offset)
-        return -EINVAL;
-    memcpy(dst, pb->base + (size_t)bid * pb->buf_size + offset, len);
-    return recycle ? aiou_pbuf_recycle(pb, bid) : 0;
 }
 
 int aiou_pbuf_free(struct aiou_ring *r, struct aiou_pbuf *pb)
@@ -896,7 +913,8 @@ int aiou_pbuf_free(struct aiou_ring *r, struct aiou_pbuf *pb)
         rc = sys_register(r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
     }
     munmap(pb->ring, pb->ring_bytes);
-    munmap(pb->base_mapping, pb->base_bytes);
+    if (pb->base_mapping)
+        munmap(pb->base_mapping, pb->base_bytes);
     pb->ring = NULL;
     pb->base = NULL;
     pb->base_mapping = NULL;
