@@ -97,35 +97,31 @@ class TimerHandle(_hotpath.TimerHandleBase, Handle):
 _hotpath.set_handle_classes(Handle, TimerHandle)
 
 
+def _without_our_frame(handle: events.Handle) -> events.Handle:
+    if handle._source_traceback:
+        del handle._source_traceback[-1]
+    return handle
+
+
 class RunOnceMixin(_hotpath.LoopCore):
     """Mixed into :class:`aiouring.loop.Loop` ahead of asyncio's classes; its
     C base holds ``_ready``, ``_closed`` and ``_debug`` and has ``call_soon``,
     ``call_at`` and ``call_later``."""
 
-    # call_soon itself is _hotpath.LoopCore.call_soon; this is its debug mode.
+    # call_soon, call_at and call_later are _hotpath.LoopCore's; these are
+    # their debug mode, asyncio's own, with our frame dropped from the source
+    # traceback as asyncio drops its own: it must end at the caller's line.
     def _call_soon_debug(self, callback: Callable[..., object], *args: Any,
                          context: Optional[contextvars.Context] = None) -> events.Handle:
-        handle = base_events.BaseEventLoop.call_soon(self, callback, *args, context=context)
-        if handle._source_traceback:
-            # Our frame, as asyncio drops its own: the traceback must end at
-            # the caller's line.
-            del handle._source_traceback[-1]
-        return handle
+        return _without_our_frame(base_events.BaseEventLoop.call_soon(self, callback, *args, context=context))
 
-    # call_at and call_later are LoopCore's too; these are their debug mode.
     def _call_at_debug(self, when: float, callback: Callable[..., object], *args: Any,
                        context: Optional[contextvars.Context] = None) -> events.TimerHandle:
-        timer = base_events.BaseEventLoop.call_at(self, when, callback, *args, context=context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        return timer
+        return _without_our_frame(base_events.BaseEventLoop.call_at(self, when, callback, *args, context=context))
 
     def _call_later_debug(self, delay: float, callback: Callable[..., object], *args: Any,
                           context: Optional[contextvars.Context] = None) -> events.TimerHandle:
-        timer = base_events.BaseEventLoop.call_later(self, delay, callback, *args, context=context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
-        return timer
+        return _without_our_frame(base_events.BaseEventLoop.call_later(self, delay, callback, *args, context=context))
 
     def _dispatch_io(self, batch: list) -> None:
         selector = self._selector

@@ -245,11 +245,8 @@ timer_clear(TimerHandleObject *self)
 static void
 timer_dealloc(TimerHandleObject *self)
 {
-    PyObject_GC_UnTrack(self);
-    if (self->handle.weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)self);
-    timer_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_CLEAR(self->when);
+    handle_dealloc(&self->handle);
 }
 
 static Py_hash_t
