@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import gc
 import inspect
+import sys
 import weakref
 from asyncio import format_helpers
 
@@ -471,9 +472,13 @@ def test_timer_handles_match_asyncio(loop):
 
 
 def test_timer_argument_errors_match_asyncio(loop):
-    with pytest.raises(TypeError, match="^delay must not be None$"):
+    # asyncio names the None from 3.11 on; 3.10 fails on the arithmetic or
+    # on an assert (aiouring raises 3.11's TypeError everywhere).
+    named = sys.version_info >= (3, 11)
+    with pytest.raises(TypeError, match="^delay must not be None$" if named else None):
         loop.call_later(None, cb)
-    with pytest.raises(TypeError, match="^when cannot be None$"):
+    with pytest.raises(TypeError if named else (TypeError, AssertionError),
+                       match="^when cannot be None$" if named else None):
         loop.call_at(None, cb)
     with pytest.raises(TypeError):
         loop.call_later("1", cb)
