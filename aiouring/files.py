@@ -55,6 +55,18 @@ buffered and reach the file (see :mod:`aiouring._files_binary`); a cancelled
 ``pwrite`` may or may not have written, and ``close()`` waits for it; a
 cancelled open that still produced an fd closes it; a cancelled close still
 closes. Operations of several tasks on one stream run one at a time, in order.
+
+Read-ahead
+----------
+On an aiouring loop, a buffered binary file read in order in pieces of
+128 KiB to 2 MiB reads the next few pieces ahead, in kernel worker threads,
+while the caller works on the current one (see :mod:`aiouring._files_binary`).
+It changes no result: EOF, a file that grew, and errors are seen as without
+it, and writes through the same file object invalidate it. Like the built-in
+file's read buffer, data read ahead is a snapshot, only larger: 3 to 8 pieces
+beyond the position (1 to 6 MiB). A write to that range through another fd or
+process after it was read ahead is not seen until the file object drops its
+read-ahead (on a seek elsewhere, a write, a read of another size).
 """
 
 from __future__ import annotations
