@@ -98,6 +98,21 @@ handle_dealloc(HandleObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The exception being raised, normalized, with its traceback attached, and
+ * the error indicator cleared (NULL if there is none). */
+static PyObject *
+take_exception(void)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL)
+        PyException_SetTraceback(value, traceback);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return value;
+}
+
 /* Run the callback in its context, as asyncio's Handle._run does: an
  * exception other than SystemExit/KeyboardInterrupt goes to the loop's
  * exception handler (through the Python method _callback_failed) and the
@@ -127,13 +142,7 @@ handle_run(HandleObject *self)
     }
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    PyErr_NormalizeException(&type, &value, &traceback);
-    if (traceback != NULL && value != NULL)
-        PyException_SetTraceback(value, traceback);
-    Py_XDECREF(type);
-    Py_XDECREF(traceback);
+    PyObject *value = take_exception();
     if (value == NULL)
         return 0;
     PyObject *reported = PyObject_CallMethodOneArg((PyObject *)self, str_callback_failed, value);
@@ -701,13 +710,7 @@ hotpath_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(handler);
             continue;
         }
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        PyErr_NormalizeException(&type, &value, &traceback);
-        if (traceback != NULL && value != NULL)
-            PyException_SetTraceback(value, traceback);
-        Py_XDECREF(type);
-        Py_XDECREF(traceback);
+        PyObject *value = take_exception();
         if (value != NULL && (PyErr_GivenExceptionMatches(value, PyExc_SystemExit)
                               || PyErr_GivenExceptionMatches(value, PyExc_KeyboardInterrupt))) {
             Py_XSETREF(pending_exit, value);

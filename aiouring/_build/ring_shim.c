@@ -805,6 +805,18 @@ int aiou_probe(struct aiou_ring *r, uint8_t *supported, unsigned n)
  * half a page away, common destinations are far from it. */
 #define PBUF_PAGE_OFFSET 2048
 
+/* Put buffer `bid` (`buf_size` bytes at `addr`) at the ring's tail and
+ * publish it: the kernel may pick it from then on. */
+static void pbuf_push(struct aiou_pbuf *pb, uint16_t bid, char *addr)
+{
+    struct aiou_buf *b = &pb->ring[pb->tail & pb->mask];
+    b->addr = (uint64_t)(uintptr_t)addr;
+    b->len = pb->buf_size;
+    b->bid = bid;
+    pb->tail++;
+    __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
+}
+
 /* A provided-buffer ring of `entries` buffers of `buf_size` bytes. With
  * `provide`, the buffers are ours (one mapping) and all go into the ring now;
  * without, the caller owns the buffer memory and hands each buffer in with
@@ -853,15 +865,9 @@ int aiou_pbuf_setup(struct aiou_ring *r, struct aiou_pbuf *pb, uint16_t bgid, un
     pb->mask = (uint16_t)(entries - 1);
     pb->tail = 0;
     if (provide) {
-        for (unsigned i = 0; i < entries; i++) {
-            struct aiou_buf *b = &pb->ring[(pb->tail + i) & pb->mask];
-            b->addr = (uint64_t)(uintptr_t)(pb->base + (size_t)i * buf_size);
-            b->len = buf_size;
-            b->bid = (uint16_t)i;
-        }
-        pb->tail = (uint16_t)(pb->tail + entries);
+        for (unsigned i = 0; i < entries; i++)
+            pbuf_push(pb, (uint16_t)i, pb->base + (size_t)i * buf_size);
     }
-    __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -875,12 +881,7 @@ int aiou_pbuf_provide(struct aiou_pbuf *pb, uint16_t bid, char *addr)
         return -EBADF;
     if (bid >= pb->entries || !addr || pb->base)
         return -EINVAL;
-    struct aiou_buf *b = &pb->ring[pb->tail & pb->mask];
-    b->addr = (uint64_t)(uintptr_t)addr;
-    b->len = pb->buf_size;
-    b->bid = bid;
-    pb->tail++;
-    __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
+    pbuf_push(pb, bid, addr);
     return 0;
 }
 
@@ -892,12 +893,7 @@ int aiou_pbuf_recycle(struct aiou_pbuf *pb, uint16_t bid)
         return -EBADF;
     if (bid >= pb->entries || !pb->base)
         return -EINVAL;
-    struct aiou_buf *b = &pb->ring[pb->tail & pb->mask];
-    b->addr = (uint64_t)(uintptr_t)(pb->base + (size_t)bid * pb->buf_size);
-    b->len = pb->buf_size;
-    b->bid = bid;
-    pb->tail++;
-    __atomic_store_n(&pb->ring[0].resv, pb->tail, __ATOMIC_RELEASE);
+    pbuf_push(pb, bid, pb->base + (size_t)bid * pb->buf_size);
     return 0;
 }
 
