@@ -386,23 +386,26 @@ class RingFileOps(ThreadFileOps):
         offset &= _U64     # -1: the fd's own position (pipes)
         n = min(n, _MAX_RW)
         if n >= _INPLACE_READ_MIN:
-            # A fresh bytes object nobody else can see until the CQE resolves
-            # the future (and never, if cancelled): the kernel fills it in
-            # place, as CPython's FileIO.read fills the bytes it returns.
-            buf = _fresh_bytes(n)
-            ptr = Ring.pointer(buf)
             # Several large reads at once: IOSQE_ASYNC sends them to io-wq
             # workers, so the copies run on several CPUs instead of one after
             # the other inside this thread's io_uring_enter. A lone read stays
             # inline (no thread hand-off).
             self._big_reads += 1
             sqe_flags = _IOSQE_ASYNC if self._big_reads > 1 else 0
-            return self._start(uapi.IORING_OP_READ, fd, ptr, n, offset, 0, keep=(buf, ptr),
-                               finish=(lambda res, buf=buf, n=n: buf if res == n else buf[:res]),
-                               sqe_flags=sqe_flags, op_class=_BigReadOp)
+            return self._start_read_in_place(fd, n, offset, sqe_flags, _BigReadOp)
         cbuf = Ring.alloc("char[]", n or 1)
         return self._start(uapi.IORING_OP_READ, fd, cbuf, n, offset, 0, keep=cbuf,
                            finish=(lambda res, cbuf=cbuf: Ring.unpack(cbuf, res)))
+
+    def _start_read_in_place(self, fd: int, n: int, offset: int, sqe_flags: int, op_class, on_late=None):
+        # A fresh bytes object nobody else can see until the CQE resolves the
+        # future (and never, if cancelled): the kernel fills it in place, as
+        # CPython's FileIO.read fills the bytes it returns.
+        buf = _fresh_bytes(n)
+        ptr = Ring.pointer(buf)
+        return self._start(uapi.IORING_OP_READ, fd, ptr, n, offset, 0, keep=(buf, ptr),
+                           finish=(lambda res, buf=buf, n=n: buf if res == n else buf[:res]),
+                           on_late=on_late, sqe_flags=sqe_flags, op_class=op_class)
 
     def start_read_ahead(self, fd: int, n: int, offset: int, retired) -> Optional[tuple]:
         """Start a read of ``n`` bytes at ``offset`` that a file expects to be
@@ -420,12 +423,8 @@ class RingFileOps(ThreadFileOps):
         kernel may still look up ``fd``, so it must stay open."""
         if not _heap_kept:
             _keep_heap()
-        n = min(n, _MAX_RW)
-        buf = _fresh_bytes(n)
-        ptr = Ring.pointer(buf)
-        fut, ud = self._start(uapi.IORING_OP_READ, fd, ptr, n, offset & _U64, 0, keep=(buf, ptr),
-                              finish=(lambda res, buf=buf, n=n: buf if res == n else buf[:res]),
-                              on_late=retired, sqe_flags=_IOSQE_ASYNC, op_class=_AheadOp)
+        fut, ud = self._start_read_in_place(fd, min(n, _MAX_RW), offset & _U64, _IOSQE_ASYNC, _AheadOp,
+                                            on_late=retired)
         return fut, (lambda: self._ops.cancel(ud))
 
     async def read(self, fd: int, n: int, offset: int) -> bytes:
