@@ -835,26 +835,6 @@ taker_dealloc(BufferTakerObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* A refused access: a bad bid or range is the caller's ValueError; for a
- * closed ring the BufferRing's own check raises its error. */
-static PyObject *
-taker_refused(BufferTakerObject *self, int rc, long bid, long offset, long length)
-{
-    if (rc == -EINVAL) {
-        PyErr_Format(PyExc_ValueError, "bytes %ld..%ld of buffer %ld are not in this buffer ring",
-                     offset, offset + length, bid);
-        return NULL;
-    }
-    PyObject *closed = PyObject_GetAttrString(self->owner, "_closed");
-    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
-    Py_XDECREF(closed);
-    if (is_closed < 0)
-        return NULL;
-    PyErr_Format(is_closed ? PyExc_RuntimeError : PyExc_OSError,
-                 is_closed ? "buffer ring is closed" : "buffer ring refused a buffer (%d)", rc);
-    return NULL;
-}
-
 /* bid, offset and length, checked against the ring's shape. */
 static int
 taker_args(BufferTakerObject *self, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
@@ -887,11 +867,17 @@ static int
 taker_give_back(BufferTakerObject *self, long bid)
 {
     int rc = self->provide(self->pbuf, (uint16_t)bid, PyBytes_AS_STRING(self->slots[bid]));
-    if (rc != 0) {
-        taker_refused(self, rc, bid, 0, 0);
-        return -1;
-    }
-    return 0;
+    if (rc == 0)
+        return 0;
+    /* taker_args checked the bid: the ring is closed, or refuses on its own. */
+    PyObject *closed = PyObject_GetAttrString(self->owner, "_closed");
+    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    if (is_closed > 0)
+        PyErr_SetString(PyExc_RuntimeError, "buffer ring is closed");
+    else if (is_closed == 0)
+        PyErr_Format(PyExc_OSError, "buffer ring refused buffer %ld (%d)", bid, rc);
+    return -1;
 }
 
 /* take(bid, length) -> bytes: the chunk a receive CQE names, as bytes; the
